@@ -1,0 +1,184 @@
+"""Django admin: conversations with every turn and why the bot said it, and the knowledge base."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest
+
+from chatbot import tasks
+from chatbot.models import (
+    AnswerTemplate,
+    Conversation,
+    Intent,
+    IntentExample,
+    Message,
+    ModelVersion,
+)
+
+BOT_DECISION_FIELDS = (
+    "decision",
+    "intent",
+    "confidence",
+    "top_k",
+    "template",
+    "template_similarity",
+    "suggestions",
+    "model_version",
+    "index_version",
+    "latency_ms",
+    "timings",
+)
+
+
+class MessageInline(admin.TabularInline):
+    model = Message
+    extra = 0
+    can_delete = False
+    fields = ("created_at", "role", "text", "decision", "intent", "confidence", "latency_ms")
+    readonly_fields = fields
+    ordering = ("created_at", "id")
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(Conversation)
+class ConversationAdmin(admin.ModelAdmin):
+    list_display = (
+        "short_id",
+        "status",
+        "started_at",
+        "last_activity_at",
+        "message_count",
+        "rating",
+    )
+    list_filter = ("status", "started_at", "last_activity_at", "rating")
+    date_hierarchy = "started_at"
+    search_fields = ("messages__text", "public_id", "session_key")
+    readonly_fields = ("public_id", "started_at", "last_activity_at", "session_key", "user_agent")
+    inlines = [MessageInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
+        return super().get_queryset(request).annotate(_messages=Count("messages"))
+
+    @admin.display(description="Conversation", ordering="public_id")
+    def short_id(self, obj: Conversation) -> str:
+        return str(obj.public_id)[:8]
+
+    @admin.display(description="Messages", ordering="_messages")
+    def message_count(self, obj: Conversation) -> int:
+        return obj._messages
+
+    def get_search_results(self, request, queryset, search_term):
+        results, _ = super().get_search_results(request, queryset, search_term)
+        # Searching across messages joins them in; distinct() keeps one row per conversation.
+        return results.distinct(), False
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = (
+        "created_at",
+        "role",
+        "short_text",
+        "decision",
+        "intent",
+        "confidence",
+        "latency_ms",
+        "conversation",
+    )
+    list_filter = ("role", "decision", "intent", "created_at")
+    date_hierarchy = "created_at"
+    search_fields = ("text",)
+    list_select_related = ("intent", "conversation")
+    raw_id_fields = ("conversation", "in_reply_to", "template")
+    readonly_fields = ("created_at", "client_message_id", *BOT_DECISION_FIELDS)
+    fieldsets = (
+        (None, {"fields": ("conversation", "role", "text", "created_at", "client_message_id")}),
+        ("Why the bot said this", {"fields": ("in_reply_to", *BOT_DECISION_FIELDS)}),
+    )
+
+    @admin.display(description="Text")
+    def short_text(self, obj: Message) -> str:
+        return obj.text if len(obj.text) <= 80 else obj.text[:79] + "…"
+
+
+class IntentExampleInline(admin.TabularInline):
+    model = IntentExample
+    extra = 1
+    fields = ("text", "source")
+
+
+class AnswerTemplateInline(admin.StackedInline):
+    model = AnswerTemplate
+    extra = 0
+    fields = ("text", "suggestions", "active")
+
+
+@admin.action(description="Rebuild the answer index now")
+def rebuild_answer_index(modeladmin, request: HttpRequest, queryset: QuerySet) -> None:
+    tasks.answer_index_rebuild.delay()
+    modeladmin.message_user(
+        request, "The answer index is being rebuilt by the worker.", messages.SUCCESS
+    )
+
+
+@admin.register(Intent)
+class IntentAdmin(admin.ModelAdmin):
+    list_display = ("name", "active", "example_count", "template_count", "description")
+    list_filter = ("active",)
+    search_fields = ("name", "description", "examples__text")
+    inlines = [AnswerTemplateInline, IntentExampleInline]
+    actions = [rebuild_answer_index]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Intent]:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                _examples=Count("examples", distinct=True),
+                _templates=Count("templates", distinct=True),
+            )
+        )
+
+    @admin.display(description="Examples", ordering="_examples")
+    def example_count(self, obj: Intent) -> int:
+        return obj._examples
+
+    @admin.display(description="Templates", ordering="_templates")
+    def template_count(self, obj: Intent) -> int:
+        return obj._templates
+
+    def get_search_results(self, request, queryset, search_term):
+        results, _ = super().get_search_results(request, queryset, search_term)
+        return results.distinct(), False
+
+
+@admin.register(IntentExample)
+class IntentExampleAdmin(admin.ModelAdmin):
+    list_display = ("text", "intent", "source", "created_at")
+    list_filter = ("source", "intent")
+    search_fields = ("text",)
+    list_select_related = ("intent",)
+
+
+@admin.register(AnswerTemplate)
+class AnswerTemplateAdmin(admin.ModelAdmin):
+    list_display = ("short_text", "intent", "active", "updated_at")
+    list_filter = ("active", "intent")
+    search_fields = ("text",)
+    list_select_related = ("intent",)
+    actions = [rebuild_answer_index]
+
+    @admin.display(description="Text")
+    def short_text(self, obj: AnswerTemplate) -> str:
+        return str(obj)
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "kind", "base_model", "created_at", "is_live")
+    list_filter = ("kind", "is_live")
+    readonly_fields = ("created_at", "directory", "base_model", "kind", "metrics", "is_live")

@@ -1,0 +1,105 @@
+"""Micro-batching: requests that arrive together in one process share one model call.
+
+The model runs on one worker thread, off the event loop. While it works, new requests queue up;
+the next call takes them all (up to `max_batch`), so under load the batch grows by itself and a
+lone request waits at most `max_wait_ms` for company.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+logger = logging.getLogger(__name__)
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+@dataclass(frozen=True)
+class Batched(Generic[Out]):
+    """A result with the time it waited in the queue and the size of the batch it rode in."""
+
+    value: Out
+    queue_ms: float
+    run_ms: float
+    batch_size: int
+
+
+class MicroBatcher(Generic[In, Out]):
+    def __init__(
+        self,
+        fn: Callable[[Sequence[In]], Sequence[Out]],
+        *,
+        max_batch: int = 32,
+        max_wait_ms: float = 3.0,
+        name: str = "model",
+    ) -> None:
+        self.fn = fn
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-batch")
+        self._queue: asyncio.Queue[tuple[In, asyncio.Future, float]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._worker: asyncio.Task | None = None
+
+    def run_on_worker(self, fn: Callable[..., object], *args: object) -> None:
+        """Run `fn` on the model thread, in order with the batches (for warming up)."""
+        self._executor.submit(fn, *args)
+
+    async def submit(self, item: In) -> Batched[Out]:
+        self._ensure_worker()
+        assert self._queue is not None
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        await self._queue.put((item, future, time.perf_counter()))
+        return await future
+
+    def _ensure_worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        # A batcher follows the loop it is used from (tests run one loop per test).
+        if self._loop is not loop or self._worker is None or self._worker.done():
+            self._loop = loop
+            self._queue = asyncio.Queue()
+            self._worker = loop.create_task(self._run(self._queue), name="micro-batcher")
+
+    async def _run(self, queue: asyncio.Queue) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await queue.get()]
+            deadline = time.perf_counter() + self.max_wait
+            while len(batch) < self.max_batch:
+                if not queue.empty():
+                    batch.append(queue.get_nowait())
+                    continue
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(queue.get(), remaining))
+                except TimeoutError:
+                    break
+            live = [entry for entry in batch if not entry[1].cancelled()]
+            if not live:
+                continue
+            started = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, self.fn, [item for item, _, _ in live]
+                )
+            except Exception as exc:  # one bad batch must not stop the worker
+                logger.exception("Batched call failed for %d items", len(live))
+                for _, future, _ in live:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            run_ms = (time.perf_counter() - started) * 1000
+            for (_, future, queued), result in zip(live, results, strict=True):
+                if not future.done():
+                    future.set_result(
+                        Batched(result, (started - queued) * 1000, run_ms, len(live))
+                    )

@@ -1,0 +1,105 @@
+"""The chat WebSocket: one customer's connection, speaking the widget's JSON protocol."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from chatbot import protocol, selectors, services
+from chatbot.agent import Agent, AgentUnavailable
+from chatbot.models import Conversation
+from chatbot.runtime import get_runtime
+
+logger = logging.getLogger(__name__)
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    conversation: Conversation
+
+    async def connect(self) -> None:
+        self.agent = Agent()
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
+        headers = dict(self.scope.get("headers", []))
+        self.conversation = await database_sync_to_async(services.conversation_open)(
+            public_id=_valid_uuid(query.get("conversation", [""])[0]),
+            visitor=query.get("visitor", [""])[0],
+            user_agent=headers.get(b"user-agent", b"").decode("latin1"),
+        )
+        await self.accept()
+        get_runtime().warm_up()
+        history = await database_sync_to_async(selectors.conversation_history)(
+            conversation=self.conversation
+        )
+        await self.send_json(
+            {
+                "type": "history",
+                "conversation": str(self.conversation.public_id),
+                "status": self.conversation.status,
+                "messages": [protocol.message_frame(m) for m in history],
+            }
+        )
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        received_at = time.perf_counter()
+        try:
+            if text_data is None:
+                raise protocol.ProtocolError(
+                    "binary_not_supported", "Binary frames are not supported; send JSON text."
+                )
+            frame = protocol.parse_client_frame(text_data)
+        except protocol.ProtocolError as error:
+            await self.send_json(error.frame())
+            return
+        match frame:
+            case protocol.CustomerText():
+                await self.customer_text(frame, received_at)
+            case protocol.Rating(score=score):
+                await database_sync_to_async(services.conversation_rate)(
+                    conversation_id=self.conversation.pk, score=score
+                )
+                await self.send_json({"type": "rated", "score": score})
+            case protocol.Ping():
+                await self.send_json({"type": "pong"})
+
+    async def customer_text(self, frame: protocol.CustomerText, received_at: float) -> None:
+        message, created = await database_sync_to_async(services.customer_message_store)(
+            conversation_id=self.conversation.pk, text=frame.text, client_id=frame.client_id
+        )
+        await self.send_json({"type": "ack", "id": frame.client_id, "message": str(message.pk)})
+        try:
+            if created:
+                reply = await services.bot_turn(
+                    customer_message=message, received_at=received_at, agent=self.agent
+                )
+            else:
+                reply = await services.reply_wait(customer_message=message)
+        except AgentUnavailable as error:
+            logger.error("Cannot answer: %s", error)
+            await self.send_json(
+                protocol.ProtocolError(
+                    "agent_unavailable",
+                    "The assistant is not available right now; your message is saved.",
+                    in_reply_to=frame.client_id,
+                ).frame()
+            )
+            return
+        if reply is not None:
+            await self.send_json(protocol.reply_frame(reply, in_reply_to=frame.client_id))
+
+    async def send_json(self, content: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(content, ensure_ascii=False))
+
+
+def _valid_uuid(value: str) -> str:
+    """The value if it is a UUID, else '' (a malformed id starts a new conversation)."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return ""

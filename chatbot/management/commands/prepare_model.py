@@ -1,0 +1,14 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from chatbot.knowledge import KnowledgeBaseError, answer_index_build
+
+
+class Command(BaseCommand):
+    help = "Embed the knowledge base with the base model and publish the answer index."
+
+    def handle(self, *args, **options) -> None:
+        try:
+            version = answer_index_build()
+        except KnowledgeBaseError as error:
+            raise CommandError(str(error)) from error
+        self.stdout.write(self.style.SUCCESS(f"Answer index {version} is live."))

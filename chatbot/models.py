@@ -1,0 +1,163 @@
+"""What the chatbot stores: conversations and their turns, the knowledge base, model versions."""
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+
+class Conversation(models.Model):
+    class Status(models.TextChoices):
+        BOT = "bot", "Bot answering"
+        NEEDS_HUMAN = "needs_human", "Needs a human"
+        CLOSED = "closed", "Closed"
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    started_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    last_activity_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.BOT)
+    session_key = models.CharField(
+        max_length=64, blank=True, help_text="Visitor key the widget keeps in the browser."
+    )
+    user_agent = models.CharField(max_length=512, blank=True)
+    rating = models.PositiveSmallIntegerField(null=True, blank=True, help_text="1 to 5")
+
+    class Meta:
+        ordering = ["-last_activity_at"]
+
+    def __str__(self) -> str:
+        return f"Conversation {str(self.public_id)[:8]} ({self.get_status_display()})"
+
+
+class Intent(models.Model):
+    name = models.SlugField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class IntentExample(models.Model):
+    class Source(models.TextChoices):
+        CURATED = "curated", "Curated"
+        REVIEWED = "reviewed", "Reviewed"
+        IMPORTED = "imported", "Imported"
+
+    intent = models.ForeignKey(Intent, on_delete=models.CASCADE, related_name="examples")
+    text = models.TextField()
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.CURATED)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["intent__name", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["intent", "text"], name="unique_example_per_intent")
+        ]
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class AnswerTemplate(models.Model):
+    intent = models.ForeignKey(Intent, on_delete=models.CASCADE, related_name="templates")
+    text = models.TextField()
+    suggestions = models.JSONField(
+        default=list, blank=True, help_text="Quick-reply labels offered with this answer."
+    )
+    active = models.BooleanField(default=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["intent__name", "id"]
+
+    def __str__(self) -> str:
+        return self.text[:80]
+
+
+class ModelVersion(models.Model):
+    class Kind(models.TextChoices):
+        FULL = "full", "Full fine-tune"
+        LORA = "lora", "LoRA"
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    directory = models.CharField(max_length=500, unique=True)
+    base_model = models.CharField(max_length=500)
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    metrics = models.JSONField(default=dict, blank=True)
+    is_live = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_live"], condition=Q(is_live=True), name="one_live_model_version"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"v{self.pk} {self.kind}{' (live)' if self.is_live else ''}"
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        CUSTOMER = "customer", "Customer"
+        BOT = "bot", "Bot"
+        AGENT = "agent", "Support agent"
+        SYSTEM = "system", "System"
+
+    class Decision(models.TextChoices):
+        ANSWER = "answer", "Answered"
+        CLARIFY = "clarify", "Asked to clarify"
+        OUT_OF_SCOPE = "out_of_scope", "Out of scope"
+        HANDOFF = "handoff", "Handed off"
+
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices)
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    client_message_id = models.CharField(max_length=64, blank=True)
+    in_reply_to = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reply"
+    )
+
+    # Why the bot said what it said (bot turns only).
+    decision = models.CharField(max_length=16, choices=Decision.choices, blank=True)
+    intent = models.ForeignKey(
+        Intent, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    confidence = models.FloatField(null=True, blank=True)
+    top_k = models.JSONField(
+        default=list, blank=True, help_text='Alternatives: [{"intent": ..., "score": ...}]'
+    )
+    template = models.ForeignKey(
+        AnswerTemplate, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    template_similarity = models.FloatField(null=True, blank=True)
+    suggestions = models.JSONField(default=list, blank=True)
+    model_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    index_version = models.CharField(max_length=64, blank=True)
+    latency_ms = models.FloatField(null=True, blank=True)
+    timings = models.JSONField(default=dict, blank=True, help_text="Per-stage milliseconds.")
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            # A customer message re-sent with the same client id (reconnect, double click) is
+            # stored once.
+            models.UniqueConstraint(
+                fields=["conversation", "client_message_id"],
+                condition=Q(role="customer") & ~Q(client_message_id=""),
+                name="unique_customer_client_message_id",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.text[:60]}"

@@ -1,0 +1,123 @@
+"""The widget's JSON protocol: parsing client frames and shaping server frames.
+
+Parsing is strict and gives every bad frame a stable error code, so a client (or a load tester)
+can tell what it did wrong while the connection stays open.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+
+from chatbot.models import Message
+
+MAX_CLIENT_ID_CHARS = 64
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, detail: str, *, in_reply_to: str = "") -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+        self.in_reply_to = in_reply_to
+
+    def frame(self) -> dict[str, Any]:
+        frame: dict[str, Any] = {"type": "error", "code": self.code, "detail": self.detail}
+        if self.in_reply_to:
+            frame["in_reply_to"] = self.in_reply_to
+        return frame
+
+
+@dataclass(frozen=True)
+class CustomerText:
+    text: str
+    client_id: str
+
+
+@dataclass(frozen=True)
+class Rating:
+    score: int
+
+
+@dataclass(frozen=True)
+class Ping:
+    pass
+
+
+ClientFrame = CustomerText | Rating | Ping
+
+
+def parse_client_frame(raw: str) -> ClientFrame:
+    """Turn one text frame into a typed request, or raise ProtocolError saying what is wrong."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError):
+        raise ProtocolError("invalid_json", "The frame is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("invalid_frame", "A frame must be a JSON object with a 'type'.")
+    kind = data.get("type")
+    if kind == "message":
+        return _parse_message(data)
+    if kind == "rate":
+        score = data.get("score")
+        if not isinstance(score, int) or isinstance(score, bool) or not 1 <= score <= 5:
+            raise ProtocolError("invalid_rating", "'score' must be a whole number from 1 to 5.")
+        return Rating(score)
+    if kind == "ping":
+        return Ping()
+    raise ProtocolError(
+        "unknown_type", f"Unknown frame type {kind!r}; expected 'message', 'rate' or 'ping'."
+    )
+
+
+def _parse_message(data: dict[str, Any]) -> CustomerText:
+    client_id = data.get("id", "")
+    if not isinstance(client_id, str) or len(client_id) > MAX_CLIENT_ID_CHARS:
+        raise ProtocolError(
+            "invalid_id", f"'id' must be a string of at most {MAX_CLIENT_ID_CHARS} characters."
+        )
+    text = data.get("text")
+    if not isinstance(text, str):
+        raise ProtocolError("invalid_text", "'text' must be a string.", in_reply_to=client_id)
+    text = text.strip()
+    if not text:
+        raise ProtocolError("empty_text", "The message is empty.", in_reply_to=client_id)
+    limit = settings.CHATBOT_MAX_MESSAGE_CHARS
+    if len(text) > limit:
+        raise ProtocolError(
+            "text_too_long",
+            f"The message is {len(text)} characters long; the limit is {limit}.",
+            in_reply_to=client_id,
+        )
+    if "\x00" in text:
+        raise ProtocolError("invalid_text", "The message contains a NUL character.", in_reply_to=client_id)
+    return CustomerText(text=text, client_id=client_id)
+
+
+def message_frame(message: Message) -> dict[str, Any]:
+    """A stored message as it appears in the history frame."""
+    return {
+        "id": str(message.pk),
+        "role": message.role,
+        "text": message.text,
+        "created": message.created_at.isoformat(),
+        "client_id": message.client_message_id,
+        "suggestions": message.suggestions,
+    }
+
+
+def reply_frame(reply: Message, *, in_reply_to: str) -> dict[str, Any]:
+    return {
+        "type": "reply",
+        "id": str(reply.pk),
+        "text": reply.text,
+        "in_reply_to": in_reply_to,
+        "intent": reply.intent.name if reply.intent else None,
+        "confidence": None if reply.confidence is None else round(reply.confidence, 4),
+        "suggestions": reply.suggestions,
+        "handoff": reply.decision == Message.Decision.HANDOFF,
+        "decision": reply.decision,
+    }

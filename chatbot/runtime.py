@@ -1,0 +1,94 @@
+"""The models and indexes one server process answers with: loaded once, swapped when published.
+
+The encoder loads lazily on the batcher's worker thread, so `migrate`, the admin and beat never
+import torch. Each batch checks the live-index pointer first: a newly published index takes
+effect at the next batch, and a batch in flight finishes on the index it started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+
+from chatbot.batching import Batched, MicroBatcher
+from retrieval.index import Hit, KnowledgeIndex
+from retrieval.store import VersionStore
+
+logger = logging.getLogger(__name__)
+
+EXAMPLE_NEIGHBOURS = 10
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """What the models make of one message, before the agent decides what to say."""
+
+    vector: np.ndarray
+    example_hits: list[Hit]
+    index: KnowledgeIndex | None
+
+
+class Runtime:
+    def __init__(
+        self, *, base_model: str, data_dir: Path, max_batch: int, max_wait_ms: float
+    ) -> None:
+        self.base_model = base_model
+        self.indexes = VersionStore(Path(data_dir) / "indexes")
+        self._encoder = None
+        self._index: KnowledgeIndex | None = None
+        self._lock = threading.Lock()
+        self.batcher: MicroBatcher[str, Analysis] = MicroBatcher(
+            self.analyse_batch, max_batch=max_batch, max_wait_ms=max_wait_ms, name="agent"
+        )
+
+    def encoder(self):
+        with self._lock:
+            if self._encoder is None:
+                from retrieval.encoder import SentenceEncoder
+
+                self._encoder = SentenceEncoder.from_pretrained(self.base_model)
+            return self._encoder
+
+    def index(self) -> KnowledgeIndex | None:
+        """The live answer index, reloaded when a new version has been published."""
+        live = self.indexes.live()
+        with self._lock:
+            if live is None:
+                self._index = None
+            elif self._index is None or self._index.version != live:
+                self._index = KnowledgeIndex.load(self.indexes.path(live))
+                logger.info("Serving answer index %s", live)
+            return self._index
+
+    def analyse_batch(self, texts: Sequence[str]) -> list[Analysis]:
+        """Embed a batch of messages in one forward pass and find their nearest examples."""
+        index = self.index()
+        vectors = self.encoder().encode(list(texts))
+        if index is None:
+            return [Analysis(vector, [], None) for vector in vectors]
+        hits = index.search_examples(vectors, EXAMPLE_NEIGHBOURS)
+        return [Analysis(v, h, index) for v, h in zip(vectors, hits, strict=True)]
+
+    async def analyse(self, text: str) -> Batched[Analysis]:
+        return await self.batcher.submit(text)
+
+    def warm_up(self) -> None:
+        """Load the encoder and index in the background, ahead of the first message."""
+        self.batcher.run_on_worker(self.analyse_batch, ["hello"])
+
+
+@cache
+def get_runtime() -> Runtime:
+    return Runtime(
+        base_model=settings.CHATBOT_BASE_MODEL,
+        data_dir=settings.CHATBOT_DATA_DIR,
+        max_batch=settings.CHATBOT_BATCH_MAX_SIZE,
+        max_wait_ms=settings.CHATBOT_BATCH_WAIT_MS,
+    )

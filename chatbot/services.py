@@ -1,0 +1,117 @@
+"""Writes: a customer's turn in the chat, from their message to the stored bot reply."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from channels.db import database_sync_to_async
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from chatbot import selectors
+from chatbot.agent import Agent, AgentReply
+from chatbot.models import AnswerTemplate, Conversation, Intent, Message
+
+logger = logging.getLogger(__name__)
+
+# How long a repeated message (same client id) waits for the reply the first one is producing.
+DUPLICATE_REPLY_WAIT_S = 15.0
+
+
+def conversation_open(*, public_id: str, visitor: str, user_agent: str) -> Conversation:
+    """Resume the customer's open conversation, or start a new one."""
+    if public_id:
+        existing = (
+            Conversation.objects.filter(public_id=public_id)
+            .exclude(status=Conversation.Status.CLOSED)
+            .first()
+        )
+        if existing is not None:
+            return existing
+    return Conversation.objects.create(session_key=visitor[:64], user_agent=user_agent[:512])
+
+
+def conversation_rate(*, conversation_id: int, score: int) -> None:
+    Conversation.objects.filter(pk=conversation_id).update(rating=score)
+
+
+def customer_message_store(
+    *, conversation_id: int, text: str, client_id: str
+) -> tuple[Message, bool]:
+    """Store a customer message once; a repeat of the same client id returns the original."""
+    try:
+        with transaction.atomic():
+            message = Message.objects.create(
+                conversation_id=conversation_id,
+                role=Message.Role.CUSTOMER,
+                text=text,
+                client_message_id=client_id,
+            )
+            Conversation.objects.filter(pk=conversation_id).update(
+                last_activity_at=timezone.now()
+            )
+    except IntegrityError:
+        if not client_id:
+            raise
+        original = Message.objects.get(
+            conversation_id=conversation_id,
+            role=Message.Role.CUSTOMER,
+            client_message_id=client_id,
+        )
+        return original, False
+    return message, True
+
+
+def bot_reply_store(*, customer_message: Message, reply: AgentReply, latency_ms: float) -> Message:
+    """Store the bot's reply with what it decided and why; one reply per customer message."""
+    intent = Intent.objects.filter(name=reply.intent).first() if reply.intent else None
+    # The index may name a template deleted since it was built: keep the text, drop the link.
+    template_id = (
+        AnswerTemplate.objects.filter(pk=reply.template_id).values_list("pk", flat=True).first()
+    )
+    try:
+        with transaction.atomic():
+            return Message.objects.create(
+                conversation_id=customer_message.conversation_id,
+                role=Message.Role.BOT,
+                text=reply.text,
+                in_reply_to=customer_message,
+                decision=reply.decision,
+                intent=intent,
+                confidence=reply.confidence,
+                top_k=[{"intent": a.intent, "score": a.score} for a in reply.alternatives],
+                template_id=template_id,
+                template_similarity=reply.template_similarity,
+                suggestions=list(reply.suggestions),
+                model_version_id=reply.model_version_id,
+                index_version=reply.index_version,
+                latency_ms=round(latency_ms, 2),
+                timings=reply.timings,
+            )
+    except IntegrityError:
+        # A concurrent duplicate answered first.
+        existing = selectors.reply_to(message_id=customer_message.pk)
+        if existing is None:
+            raise
+        return existing
+
+
+async def bot_turn(*, customer_message: Message, received_at: float, agent: Agent) -> Message:
+    """Ask the agent about a stored customer message and store its reply."""
+    reply = await agent.respond(customer_message.text)
+    latency_ms = (time.perf_counter() - received_at) * 1000
+    return await database_sync_to_async(bot_reply_store)(
+        customer_message=customer_message, reply=reply, latency_ms=latency_ms
+    )
+
+
+async def reply_wait(*, customer_message: Message, timeout_s: float = DUPLICATE_REPLY_WAIT_S):
+    """The reply to a message that was already received, waiting while it is being produced."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reply = await database_sync_to_async(selectors.reply_to)(message_id=customer_message.pk)
+        if reply is not None or time.monotonic() > deadline:
+            return reply
+        await asyncio.sleep(0.1)

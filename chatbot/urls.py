@@ -1,0 +1,13 @@
+from django.contrib import admin
+from django.urls import path
+
+from chatbot import views
+
+admin.site.site_header = "Chatbot administration"
+admin.site.site_title = "Chatbot admin"
+
+urlpatterns = [
+    path("", views.demo, name="demo"),
+    path("healthz", views.healthz, name="healthz"),
+    path("admin/", admin.site.urls),
+]

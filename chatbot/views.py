@@ -1,0 +1,18 @@
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+
+from chatbot import selectors
+
+
+def demo(request: HttpRequest) -> HttpResponse:
+    """A page of the demo shop that embeds the chat widget with one script tag."""
+    return render(request, "chatbot/demo.html")
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness for load balancers: the database answers and an answer index is published."""
+    connection.ensure_connection()
+    index_version = selectors.live_index_version()
+    status = 200 if index_version else 503
+    return JsonResponse({"database": "ok", "index": index_version}, status=status)

@@ -1,0 +1,91 @@
+"""Sentence embeddings from a BERT-family checkpoint: mean-pooled and L2-normalised.
+
+Mean pooling is how the packaged MiniLM sentence encoder was trained, so inner products of these
+vectors are cosine similarities that match its training objective.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+
+def pick_device(device: str | None = None) -> str:
+    """The device to run on: the one asked for, else CUDA when present, else the CPU."""
+    import torch
+
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average the token vectors of each sequence, ignoring padding."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+
+class SentenceEncoder:
+    """Turns texts into unit vectors whose inner product is their cosine similarity."""
+
+    def __init__(self, model, tokenizer, *, name: str, max_length: int, device: str) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.max_length = max_length
+        self.device = device
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, *, max_length: int = 128, device: str | None = None
+    ) -> SentenceEncoder:
+        from transformers import AutoModel, AutoTokenizer
+
+        device = pick_device(device)
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModel.from_pretrained(str(path)).to(device).eval()
+        logger.info("Loaded sentence encoder %s on %s", path, device)
+        return cls(model, tokenizer, name=str(path), max_length=max_length, device=device)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def encode(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+        """Embed texts as float32 rows of unit length, in the order given."""
+        import torch
+
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        # Sorting by length keeps padding small inside each batch.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        use_amp = self.device.startswith("cuda")
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = self.tokenizer(
+                [texts[i] for i in chunk],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
+            with (
+                torch.inference_mode(),
+                torch.autocast("cuda", dtype=torch.float16, enabled=use_amp),
+            ):
+                hidden = self.model(**batch).last_hidden_state
+                vectors = torch.nn.functional.normalize(
+                    mean_pool(hidden.float(), batch["attention_mask"]), dim=-1
+                )
+            out[chunk] = vectors.cpu().numpy()
+        return out

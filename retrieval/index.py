@@ -1,0 +1,224 @@
+"""FAISS indexes of intent examples and answer templates, saved with a JSON sidecar.
+
+Both indexes are `IndexIDMap` over inner product, so a hit's id is the database primary key of
+the example or template, and its score is a cosine similarity (the vectors are unit length).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Entry:
+    """An indexed text: an intent example or an answer template."""
+
+    id: int
+    text: str
+    intent: str
+    suggestions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: int
+    score: float
+    intent: str
+    text: str
+    suggestions: tuple[str, ...] = ()
+
+
+def _flat_index(vectors: np.ndarray, ids: Sequence[int], dim: int):
+    import faiss
+
+    index = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
+    if len(ids):
+        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, "int64"))
+    return index
+
+
+@dataclass
+class _Table:
+    """One FAISS index and the entries its ids point to."""
+
+    entries: dict[int, Entry]
+    vectors: np.ndarray
+    faiss_index: object
+    ids_by_intent: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, entries: Sequence[Entry], vectors: np.ndarray, dim: int) -> _Table:
+        ids = [entry.id for entry in entries]
+        by_intent: dict[str, list[int]] = {}
+        for entry in entries:
+            by_intent.setdefault(entry.intent, []).append(entry.id)
+        return cls(
+            entries={entry.id: entry for entry in entries},
+            vectors=vectors,
+            faiss_index=_flat_index(vectors, ids, dim),
+            ids_by_intent={k: np.asarray(v, dtype="int64") for k, v in by_intent.items()},
+        )
+
+    def search(self, queries: np.ndarray, k: int, intent: str | None = None) -> list[list[Hit]]:
+        import faiss
+
+        params = None
+        if intent is not None:
+            ids = self.ids_by_intent.get(intent)
+            if ids is None:
+                return [[] for _ in range(len(queries))]
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(ids))
+        k = min(k, len(self.entries))
+        if k == 0:
+            return [[] for _ in range(len(queries))]
+        scores, ids = self.faiss_index.search(
+            np.ascontiguousarray(queries, dtype=np.float32), k, params=params
+        )
+        results = []
+        for row_scores, row_ids in zip(scores, ids, strict=True):
+            hits = []
+            for score, entry_id in zip(row_scores, row_ids, strict=True):
+                if entry_id < 0:  # fewer than k candidates passed the filter
+                    continue
+                entry = self.entries[int(entry_id)]
+                hits.append(Hit(entry.id, float(score), entry.intent, entry.text, entry.suggestions))
+            results.append(hits)
+        return results
+
+
+class KnowledgeIndex:
+    """Answers 'which known example is this message closest to, and which template fits it'."""
+
+    def __init__(
+        self,
+        *,
+        examples: Sequence[Entry],
+        example_vectors: np.ndarray,
+        templates: Sequence[Entry],
+        template_vectors: np.ndarray,
+        info: dict,
+    ) -> None:
+        self.dim = int(info["dim"])
+        self.info = info
+        self.examples = _Table.create(examples, example_vectors, self.dim)
+        self.templates = _Table.create(templates, template_vectors, self.dim)
+        self.encode: Callable[[Sequence[str]], np.ndarray] | None = None
+
+    @property
+    def version(self) -> str:
+        return str(self.info.get("version", ""))
+
+    @property
+    def intents(self) -> list[str]:
+        return sorted(self.templates.ids_by_intent)
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        examples: Sequence[Entry],
+        templates: Sequence[Entry],
+        encode: Callable[[Sequence[str]], np.ndarray],
+        encoder_name: str,
+        dim: int,
+        reuse: KnowledgeIndex | None = None,
+    ) -> KnowledgeIndex:
+        """Embed every entry; texts already embedded by `reuse` with the same encoder are kept."""
+        known: dict[str, np.ndarray] = {}
+        if reuse is not None and reuse.info.get("encoder") == encoder_name:
+            known = reuse.vectors_by_text()
+        texts = sorted({e.text for e in [*examples, *templates]} - known.keys())
+        if texts:
+            known.update(zip(texts, encode(texts), strict=True))
+
+        def stack(entries: Sequence[Entry]) -> np.ndarray:
+            if not entries:
+                return np.zeros((0, dim), dtype=np.float32)
+            return np.stack([known[e.text] for e in entries]).astype(np.float32)
+
+        info = {
+            "format": FORMAT_VERSION,
+            "encoder": encoder_name,
+            "dim": dim,
+            "built_at": time.time(),
+            "examples": len(examples),
+            "templates": len(templates),
+            "newly_encoded": len(texts),
+        }
+        return cls(
+            examples=examples,
+            example_vectors=stack(examples),
+            templates=templates,
+            template_vectors=stack(templates),
+            info=info,
+        )
+
+    def vectors_by_text(self) -> dict[str, np.ndarray]:
+        vectors: dict[str, np.ndarray] = {}
+        for table in (self.examples, self.templates):
+            for row, entry in enumerate(table.entries.values()):
+                vectors[entry.text] = table.vectors[row]
+        return vectors
+
+    def search(self, text: str, k: int = 5, intent: str | None = None) -> list[Hit]:
+        """Nearest intent examples to `text`, optionally only those of one intent."""
+        if self.encode is None:
+            raise RuntimeError("Attach an encoder (index.encode = encoder.encode) to search text.")
+        return self.search_examples(self.encode([text]), k, intent=intent)[0]
+
+    def search_examples(
+        self, vectors: np.ndarray, k: int, *, intent: str | None = None
+    ) -> list[list[Hit]]:
+        return self.examples.search(vectors, k, intent)
+
+    def search_templates(
+        self, vectors: np.ndarray, k: int, *, intent: str | None = None
+    ) -> list[list[Hit]]:
+        return self.templates.search(vectors, k, intent)
+
+    def save(self, directory: str | Path) -> None:
+        import faiss
+
+        directory = Path(directory)
+        faiss.write_index(self.examples.faiss_index, str(directory / "examples.faiss"))
+        faiss.write_index(self.templates.faiss_index, str(directory / "templates.faiss"))
+        sidecar = {
+            "info": {**self.info, "version": directory.name},
+            "examples": [asdict(e) for e in self.examples.entries.values()],
+            "templates": [asdict(e) for e in self.templates.entries.values()],
+        }
+        (directory / "index.json").write_text(json.dumps(sidecar, ensure_ascii=False))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> KnowledgeIndex:
+        import faiss
+
+        directory = Path(directory)
+        sidecar = json.loads((directory / "index.json").read_text())
+        info = {**sidecar["info"], "version": directory.name}
+
+        def read(name: str, rows: list[dict]) -> tuple[list[Entry], np.ndarray]:
+            entries = [Entry(**{**row, "suggestions": tuple(row["suggestions"])}) for row in rows]
+            stored = faiss.read_index(str(directory / name))
+            vectors = stored.index.reconstruct_n(0, stored.ntotal) if stored.ntotal else None
+            if vectors is None:
+                vectors = np.zeros((0, int(info["dim"])), dtype=np.float32)
+            return entries, vectors
+
+        examples, example_vectors = read("examples.faiss", sidecar["examples"])
+        templates, template_vectors = read("templates.faiss", sidecar["templates"])
+        return cls(
+            examples=examples,
+            example_vectors=example_vectors,
+            templates=templates,
+            template_vectors=template_vectors,
+            info=info,
+        )
