@@ -100,6 +100,4 @@ class MicroBatcher(Generic[In, Out]):
             run_ms = (time.perf_counter() - started) * 1000
             for (_, future, queued), result in zip(live, results, strict=True):
                 if not future.done():
-                    future.set_result(
-                        Batched(result, (started - queued) * 1000, run_ms, len(live))
-                    )
+                    future.set_result(Batched(result, (started - queued) * 1000, run_ms, len(live)))

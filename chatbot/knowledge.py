@@ -44,7 +44,7 @@ def _validated(data: object) -> list[dict]:
 
 @transaction.atomic
 def knowledge_base_load(*, path: Path = DEMO_KNOWLEDGE_BASE) -> LoadReport:
-    """Add a knowledge base file's intents, examples and templates; running it again adds nothing."""
+    """Add the intents, examples and templates of a file; loading it again adds nothing."""
     intents = _validated(json.loads(Path(path).read_text(encoding="utf-8")))
     examples_added = templates_added = 0
     for spec in intents:

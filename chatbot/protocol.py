@@ -93,7 +93,9 @@ def _parse_message(data: dict[str, Any]) -> CustomerText:
             in_reply_to=client_id,
         )
     if "\x00" in text:
-        raise ProtocolError("invalid_text", "The message contains a NUL character.", in_reply_to=client_id)
+        raise ProtocolError(
+            "invalid_text", "The message contains a NUL character.", in_reply_to=client_id
+        )
     return CustomerText(text=text, client_id=client_id)
 
 

@@ -4,7 +4,7 @@ from channels.security.websocket import AllowedHostsOriginValidator, OriginValid
 from django.conf import settings
 
 
-def WidgetOriginValidator(application):  # noqa: N802 - named like the Channels validators
+def WidgetOriginValidator(application):
     """Allow this site's own hosts, plus the sites configured to embed the widget.
 
     The widget runs on the company's own website, whose origin is usually not one of the chat

@@ -49,9 +49,7 @@ def customer_message_store(
                 text=text,
                 client_message_id=client_id,
             )
-            Conversation.objects.filter(pk=conversation_id).update(
-                last_activity_at=timezone.now()
-            )
+            Conversation.objects.filter(pk=conversation_id).update(last_activity_at=timezone.now())
     except IntegrityError:
         if not client_id:
             raise

@@ -41,7 +41,9 @@ def _flat_index(vectors: np.ndarray, ids: Sequence[int], dim: int):
 
     index = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
     if len(ids):
-        index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, "int64"))
+        index.add_with_ids(
+            np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, "int64")
+        )
     return index
 
 
@@ -89,7 +91,9 @@ class _Table:
                 if entry_id < 0:  # fewer than k candidates passed the filter
                     continue
                 entry = self.entries[int(entry_id)]
-                hits.append(Hit(entry.id, float(score), entry.intent, entry.text, entry.suggestions))
+                hits.append(
+                    Hit(entry.id, float(score), entry.intent, entry.text, entry.suggestions)
+                )
             results.append(hits)
         return results
 
