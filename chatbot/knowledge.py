@@ -86,10 +86,11 @@ def _entries() -> tuple[list[Entry], list[Entry]]:
     return examples, templates
 
 
-def answer_index_build() -> str:
+def answer_index_build(*, force: bool = False) -> str:
     """Embed the active examples and templates into a new index version and make it live.
 
-    Texts the live index already embedded are reused, so a rebuild after an edit is quick.
+    Texts the live index already embedded are reused, so a rebuild after an edit is quick; when
+    nothing changed the live version stays (unless `force`).
     """
     runtime = get_runtime()
     store = runtime.indexes
@@ -97,9 +98,17 @@ def answer_index_build() -> str:
         examples, templates = _entries()
         if not examples or not templates:
             raise KnowledgeBaseError("Nothing to index: load a knowledge base first.")
-        encoder = runtime.encoder()
         live = store.live()
         previous = KnowledgeIndex.load(store.path(live)) if live else None
+        if (
+            not force
+            and previous is not None
+            and previous.holds(
+                examples=examples, templates=templates, encoder_name=runtime.base_model
+            )
+        ):
+            return previous.version
+        encoder = runtime.encoder()
         index = KnowledgeIndex.build(
             examples=examples,
             templates=templates,

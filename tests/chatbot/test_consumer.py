@@ -1,0 +1,249 @@
+"""The chat consumer over Channels' WebsocketCommunicator, on the real database and encoder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+
+from chatbot.asgi import application
+from chatbot.models import Conversation, Message
+from chatbot.routing import websocket_urlpatterns
+from chatbot.security import WidgetOriginValidator
+
+pytestmark = pytest.mark.usefixtures("knowledge_base")
+
+ORIGIN = b"http://127.0.0.1:8000"
+
+
+async def open_chat(query: str = "", origin: bytes = ORIGIN) -> tuple[WebsocketCommunicator, dict]:
+    communicator = WebsocketCommunicator(
+        application,
+        f"/ws/chat/{query}",
+        headers=[(b"origin", origin), (b"user-agent", b"pytest-browser/1.0")],
+    )
+    connected, _ = await communicator.connect(timeout=10)
+    assert connected
+    history = await communicator.receive_json_from(timeout=10)
+    assert history["type"] == "history"
+    return communicator, history
+
+
+async def send_message(communicator: WebsocketCommunicator, text: str, client_id: str) -> dict:
+    """Send a customer message; returns the reply after checking the ack."""
+    await communicator.send_json_to({"type": "message", "text": text, "id": client_id})
+    ack = await communicator.receive_json_from(timeout=30)
+    assert ack["type"] == "ack" and ack["id"] == client_id
+    reply = await communicator.receive_json_from(timeout=30)
+    assert reply["type"] == "reply", reply
+    return reply
+
+
+@database_sync_to_async
+def stored(conversation_id: str) -> list[Message]:
+    return list(
+        Message.objects.filter(conversation__public_id=conversation_id)
+        .select_related("intent", "template")
+        .order_by("created_at", "id")
+    )
+
+
+async def test_message_gets_a_reply_and_both_turns_are_stored(knowledge_base: str) -> None:
+    # given
+    communicator, history = await open_chat("?visitor=v-123")
+    assert history["messages"] == [] and history["status"] == "bot"
+
+    # when
+    reply = await send_message(communicator, "I forgot my password and can't sign in", "c-1")
+
+    # then
+    assert reply["in_reply_to"] == "c-1"
+    assert reply["intent"] == "password_reset"
+    assert 0 < reply["confidence"] <= 1
+    assert reply["handoff"] is False
+    assert isinstance(reply["suggestions"], list)
+    customer, bot = await stored(history["conversation"])
+    assert (customer.role, customer.text, customer.client_message_id) == (
+        "customer",
+        "I forgot my password and can't sign in",
+        "c-1",
+    )
+    assert bot.role == "bot" and bot.in_reply_to_id == customer.pk
+    assert bot.text == reply["text"] == bot.template.text
+    assert bot.intent.name == "password_reset"
+    assert bot.decision == "answer"
+    assert bot.confidence == pytest.approx(reply["confidence"], abs=1e-4)
+    assert bot.top_k[0]["intent"] == "password_reset" and 1 <= len(bot.top_k) <= 3
+    assert bot.index_version == knowledge_base
+    assert bot.latency_ms > 0
+    assert {"queue_ms", "analyse_ms", "batch_size"} <= bot.timings.keys()
+    conversation = await Conversation.objects.aget(public_id=history["conversation"])
+    assert conversation.session_key == "v-123"
+    assert conversation.user_agent == "pytest-browser/1.0"
+    await communicator.disconnect()
+
+
+BAD_FRAMES = [
+    ("{not json", "invalid_json"),
+    (json.dumps({"type": "dance"}), "unknown_type"),
+    (json.dumps({"type": "message", "text": "   ", "id": "e1"}), "empty_text"),
+    (json.dumps({"type": "message", "text": "a" * 2001, "id": "e2"}), "text_too_long"),
+    (json.dumps(["message"]), "invalid_frame"),
+]
+
+
+async def test_bad_frames_get_error_frames_and_the_chat_goes_on() -> None:
+    # given
+    communicator, history = await open_chat()
+    await send_message(communicator, "hello there", "ok-1")
+
+    # when
+    for raw, code in BAD_FRAMES:
+        await communicator.send_to(text_data=raw)
+        error = await communicator.receive_json_from(timeout=10)
+        assert (error["type"], error["code"]) == ("error", code)
+        assert error["detail"]
+    await communicator.send_to(bytes_data=b"\x00\xffbinary")
+    error = await communicator.receive_json_from(timeout=10)
+    assert (error["type"], error["code"]) == ("error", "binary_not_supported")
+
+    # then: the connection is still up, nothing bad was stored, nothing stored was lost
+    reply = await send_message(communicator, "what are your opening hours?", "ok-2")
+    assert reply["intent"] == "opening_hours"
+    messages = await stored(history["conversation"])
+    customer_texts = [m.text for m in messages if m.role == "customer"]
+    assert customer_texts == ["hello there", "what are your opening hours?"]
+    assert len(messages) == 4
+    await communicator.disconnect()
+
+
+async def test_a_message_sent_twice_is_stored_and_answered_once() -> None:
+    communicator, history = await open_chat()
+
+    first = await send_message(communicator, "How much does delivery cost?", "dup-1")
+    second = await send_message(communicator, "How much does delivery cost?", "dup-1")
+
+    assert second["id"] == first["id"]
+    assert second["text"] == first["text"]
+    messages = await stored(history["conversation"])
+    assert [m.role for m in messages] == ["customer", "bot"]
+    await communicator.disconnect()
+
+
+async def test_reconnecting_with_the_conversation_id_sends_the_history() -> None:
+    # given
+    first, history = await open_chat()
+    reply = await send_message(first, "Do you ship to Ireland?", "h-1")
+    await first.disconnect()
+
+    # when
+    second, resumed = await open_chat(f"?conversation={history['conversation']}")
+
+    # then
+    assert resumed["conversation"] == history["conversation"]
+    assert [(m["role"], m["text"]) for m in resumed["messages"]] == [
+        ("customer", "Do you ship to Ireland?"),
+        ("bot", reply["text"]),
+    ]
+    assert resumed["messages"][0]["client_id"] == "h-1"
+    assert resumed["messages"][1]["id"] == reply["id"]
+    # a message the widget re-sends after the drop is not stored again
+    again = await send_message(second, "Do you ship to Ireland?", "h-1")
+    assert again["id"] == reply["id"]
+    assert len(await stored(history["conversation"])) == 2
+    await second.disconnect()
+
+
+@pytest.mark.parametrize("query", ["?conversation=not-a-uuid", f"?conversation={uuid.uuid4()}"])
+async def test_an_unknown_conversation_id_starts_a_new_conversation(query: str) -> None:
+    communicator, history = await open_chat(query)
+
+    assert history["messages"] == []
+    assert await Conversation.objects.filter(public_id=history["conversation"]).aexists()
+    await communicator.disconnect()
+
+
+async def test_a_closed_conversation_is_not_resumed() -> None:
+    first, history = await open_chat()
+    await first.disconnect()
+    await Conversation.objects.filter(public_id=history["conversation"]).aupdate(
+        status=Conversation.Status.CLOSED
+    )
+
+    second, resumed = await open_chat(f"?conversation={history['conversation']}")
+
+    assert resumed["conversation"] != history["conversation"]
+    await second.disconnect()
+
+
+async def test_a_page_from_another_site_cannot_open_the_chat(settings) -> None:
+    communicator = WebsocketCommunicator(
+        application, "/ws/chat/", headers=[(b"origin", b"https://evil.example")]
+    )
+    connected, _ = await communicator.connect(timeout=10)
+    assert not connected
+    assert not await Conversation.objects.aexists()
+
+
+async def test_a_site_listed_in_widget_origins_can_embed_the_chat(settings) -> None:
+    settings.CHATBOT_WIDGET_ORIGINS = ["https://shop.example"]
+    app = WidgetOriginValidator(URLRouter(websocket_urlpatterns))
+    allowed = WebsocketCommunicator(
+        app, "/ws/chat/", headers=[(b"origin", b"https://shop.example")]
+    )
+    denied = WebsocketCommunicator(
+        app, "/ws/chat/", headers=[(b"origin", b"https://other.example")]
+    )
+
+    assert (await allowed.connect(timeout=10))[0]
+    assert not (await denied.connect(timeout=10))[0]
+    await allowed.disconnect()
+
+
+async def test_rating_and_ping() -> None:
+    communicator, history = await open_chat()
+
+    await communicator.send_json_to({"type": "rate", "score": 4})
+    assert await communicator.receive_json_from(timeout=10) == {"type": "rated", "score": 4}
+    await communicator.send_json_to({"type": "ping"})
+    assert await communicator.receive_json_from(timeout=10) == {"type": "pong"}
+
+    conversation = await Conversation.objects.aget(public_id=history["conversation"])
+    assert conversation.rating == 4
+    await communicator.disconnect()
+
+
+SIMULTANEOUS = {
+    "My mug arrived with a crack in it": "damaged_item",
+    "Has my refund been processed?": "refund_status",
+    "Do gift cards expire?": "gift_card",
+    "Unsubscribe from emails": "newsletter_unsubscribe",
+    "I think my parcel was stolen": "missing_package",
+    "can you send to Switzerland": "international_shipping",
+}
+
+
+async def test_customers_writing_at_once_share_forward_passes_and_get_their_own_replies() -> None:
+    # given
+    chats = [await open_chat() for _ in SIMULTANEOUS]
+
+    # when
+    replies = await asyncio.gather(
+        *(
+            send_message(chat, text, f"m{i}")
+            for i, ((chat, _), text) in enumerate(zip(chats, SIMULTANEOUS, strict=True))
+        )
+    )
+
+    # then: each reply answers its own message (curated phrasings, so nearest is exact)
+    assert [r["intent"] for r in replies] == list(SIMULTANEOUS.values())
+    assert all(r["confidence"] == pytest.approx(1.0, abs=1e-3) for r in replies)
+    bots = [m for _, h in chats for m in await stored(h["conversation"]) if m.role == "bot"]
+    assert max(m.timings["batch_size"] for m in bots) > 1
+    for chat, _ in chats:
+        await chat.disconnect()

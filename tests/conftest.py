@@ -1,0 +1,45 @@
+"""Fixtures shared by every test: an isolated data directory and the demo knowledge base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections
+
+from chatbot.runtime import get_runtime
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_dir(tmp_path_factory: pytest.TempPathFactory, django_db_blocker) -> Path:
+    """Models and indexes written by tests go to a temporary directory, never to var/."""
+    from django.conf import settings
+
+    path = tmp_path_factory.mktemp("chatbot-data")
+    settings.CHATBOT_DATA_DIR = path
+    settings.VAR_DIR = tmp_path_factory.mktemp("chatbot-var")
+    # Connections opened on Channels' database thread must close after each use, or the test
+    # database cannot be dropped at the end of the run.
+    settings.DATABASES["default"]["CONN_MAX_AGE"] = 0
+    get_runtime.cache_clear()
+    return path
+
+
+@pytest.fixture
+def knowledge_base(transactional_db) -> str:
+    """The demo knowledge base in the database and its answer index live; returns its version.
+
+    The first build embeds every text with the packaged BERT; later builds reuse the vectors.
+    """
+    from chatbot.knowledge import answer_index_build, knowledge_base_load
+
+    knowledge_base_load()
+    return answer_index_build()
+
+
+@pytest.fixture(autouse=True)
+async def _close_async_orm_connections():
+    """Close what the async ORM opened on its own thread, so the test database can be dropped."""
+    yield
+    await sync_to_async(connections.close_all)()

