@@ -1,0 +1,110 @@
+"""A real daphne process serving the project, for tests that go over a real network socket."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+
+# Frames above this size are refused by daphne itself (it drops the connection); below
+# it, the consumer answers an over-long message with an error frame.
+WEBSOCKET_MAX_MESSAGE_BYTES = 262144
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    url: str
+    ws_url: str
+    log: Path
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+def database_url(db: dict) -> str:
+    """DATABASE_URL for the test database the current process uses."""
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    user = quote(db.get("USER") or "")
+    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
+    host = db.get("HOST") or "127.0.0.1"
+    port = db.get("PORT") or 5432
+    return f"postgres://{user}{password}@{host}:{port}/{db['NAME']}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def daphne_server(
+    django_db_setup, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    port = free_port()
+    var_dir = tmp_path_factory.mktemp("daphne-var")
+    log = var_dir / "daphne.log"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(settings.DATABASES["default"]),
+        "DATABASE_CONN_MAX_AGE": "0",
+        "CHATBOT_DATA_DIR": str(data_dir),
+        "CHATBOT_VAR_DIR": str(var_dir),
+        "HF_HUB_OFFLINE": "1",
+    }
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "--websocket-max-message-size",
+                str(WEBSOCKET_MAX_MESSAGE_BYTES),
+                "chatbot.asgi:application",
+            ],
+            cwd=settings.BASE_DIR,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = LiveServer(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws/chat/", log)
+    try:
+        _wait_until_serving(server, process)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _wait_until_serving(server: LiveServer, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"daphne exited with {process.returncode}:\n{server.log_tail()}")
+        try:
+            urllib.request.urlopen(f"{server.url}/healthz", timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return  # answering (503 only means no index is published yet)
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail(f"daphne did not answer within 90 s:\n{server.log_tail()}")

@@ -1,0 +1,93 @@
+"""Django admin shows every turn with what the bot decided."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from chatbot.models import (
+    AnswerTemplate,
+    Conversation,
+    Intent,
+    IntentExample,
+    Message,
+    ModelVersion,
+)
+
+
+@pytest.fixture
+def conversation(db) -> Conversation:
+    intent = Intent.objects.create(name="order_status", description="Where is my order")
+    template = AnswerTemplate.objects.create(intent=intent, text="Track it under My orders.")
+    IntentExample.objects.create(intent=intent, text="where is my parcel")
+    ModelVersion.objects.create(directory="/tmp/m1", base_model="minilm", kind="full")
+    conversation = Conversation.objects.create(status=Conversation.Status.BOT)
+    question = Message.objects.create(
+        conversation=conversation, role="customer", text="Where is my blue teapot?"
+    )
+    Message.objects.create(
+        conversation=conversation,
+        role="bot",
+        text=template.text,
+        in_reply_to=question,
+        decision="answer",
+        intent=intent,
+        confidence=0.87,
+        top_k=[{"intent": "order_status", "score": 0.87}],
+        template=template,
+        template_similarity=0.61,
+        index_version="20261123T000000-abcdef",
+        latency_ms=12.5,
+    )
+    Conversation.objects.create(status=Conversation.Status.CLOSED)
+    return conversation
+
+
+@pytest.mark.parametrize(
+    "model", [Conversation, Message, Intent, IntentExample, AnswerTemplate, ModelVersion]
+)
+def test_every_model_has_a_working_admin(admin_client: Client, conversation, model) -> None:
+    meta = model._meta
+    changelist = admin_client.get(reverse(f"admin:{meta.app_label}_{meta.model_name}_changelist"))
+    obj = model.objects.first()
+    change = admin_client.get(
+        reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[obj.pk])
+    )
+
+    assert changelist.status_code == 200
+    assert change.status_code == 200
+
+
+def test_conversation_page_shows_each_turn_and_why(admin_client: Client, conversation) -> None:
+    page = admin_client.get(
+        reverse("admin:chatbot_conversation_change", args=[conversation.pk])
+    ).content.decode()
+
+    assert "Where is my blue teapot?" in page
+    assert "Track it under My orders." in page
+    assert "order_status" in page and "0.87" in page and "12.5" in page
+
+
+def test_bot_message_page_shows_the_decision(admin_client: Client, conversation) -> None:
+    bot = conversation.messages.get(role="bot")
+
+    page = admin_client.get(reverse("admin:chatbot_message_change", args=[bot.pk])).content.decode()
+
+    assert "Why the bot said this" in page
+    assert "20261123T000000-abcdef" in page and "0.61" in page
+
+
+def test_conversations_are_searchable_by_text_and_filterable_by_status(
+    admin_client: Client, conversation
+) -> None:
+    url = reverse("admin:chatbot_conversation_changelist")
+
+    found = admin_client.get(url, {"q": "teapot"})
+    missed = admin_client.get(url, {"q": "toaster"})
+    closed = admin_client.get(url, {"status__exact": "closed"})
+
+    assert found.context["cl"].result_count == 1
+    assert missed.context["cl"].result_count == 0
+    assert closed.context["cl"].result_count == 1
+    assert [c.status for c in closed.context["cl"].result_list] == ["closed"]

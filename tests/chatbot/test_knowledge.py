@@ -1,0 +1,77 @@
+import json
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from chatbot.knowledge import (
+    DEMO_KNOWLEDGE_BASE,
+    KnowledgeBaseError,
+    answer_index_build,
+    knowledge_base_load,
+)
+from chatbot.models import AnswerTemplate, Intent, IntentExample
+from chatbot.runtime import get_runtime
+
+
+def test_demo_knowledge_base_covers_a_shop() -> None:
+    intents = json.loads(DEMO_KNOWLEDGE_BASE.read_text())["intents"]
+    names = {intent["name"] for intent in intents}
+
+    assert len(intents) >= 25
+    assert all(len(intent["examples"]) >= 15 for intent in intents)
+    assert all(intent["templates"] for intent in intents)
+    assert {"order_status", "return_item", "refund_status", "talk_to_human", "greeting"} <= names
+
+
+@pytest.mark.django_db
+def test_loading_twice_adds_nothing_the_second_time() -> None:
+    first = knowledge_base_load()
+    counts = (Intent.objects.count(), IntentExample.objects.count(), AnswerTemplate.objects.count())
+
+    second = knowledge_base_load()
+
+    assert first.examples_added == counts[1] and first.templates_added == counts[2]
+    assert (second.examples_added, second.templates_added) == (0, 0)
+    assert counts == (
+        Intent.objects.count(),
+        IntentExample.objects.count(),
+        AnswerTemplate.objects.count(),
+    )
+
+
+@pytest.mark.django_db
+def test_a_malformed_file_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "kb.json"
+    path.write_text(json.dumps({"intents": [{"examples": ["hi"]}]}))
+
+    with pytest.raises(KnowledgeBaseError, match='needs a "name"'):
+        knowledge_base_load(path=path)
+    with pytest.raises(CommandError):
+        call_command("load_knowledge_base", str(tmp_path / "missing.json"))
+    assert not Intent.objects.exists()
+
+
+@pytest.mark.django_db
+def test_index_build_needs_a_knowledge_base() -> None:
+    with pytest.raises(KnowledgeBaseError):
+        answer_index_build()
+
+
+def test_index_is_rebuilt_when_a_template_changes_and_kept_when_nothing_did(
+    knowledge_base: str,
+) -> None:
+    # given
+    assert answer_index_build() == knowledge_base
+    template = AnswerTemplate.objects.filter(intent__name="opening_hours").first()
+
+    # when
+    template.text = "We are open every day from 07:00 to 23:00."
+    template.save()
+    version = answer_index_build()
+
+    # then
+    assert version != knowledge_base
+    index = get_runtime().index()
+    assert index.version == version
+    assert index.templates.entries[template.pk].text == template.text
