@@ -165,6 +165,16 @@ class KnowledgeIndex:
             info=info,
         )
 
+    def holds(
+        self, *, examples: Sequence[Entry], templates: Sequence[Entry], encoder_name: str
+    ) -> bool:
+        """Whether this index was built from exactly these entries with this encoder."""
+        return (
+            self.info.get("encoder") == encoder_name
+            and list(self.examples.entries.values()) == list(examples)
+            and list(self.templates.entries.values()) == list(templates)
+        )
+
     def vectors_by_text(self) -> dict[str, np.ndarray]:
         vectors: dict[str, np.ndarray] = {}
         for table in (self.examples, self.templates):

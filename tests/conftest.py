@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import SyncToAsync
 from django.db import connections
 
 from chatbot.runtime import get_runtime
@@ -39,7 +41,12 @@ def knowledge_base(transactional_db) -> str:
 
 
 @pytest.fixture(autouse=True)
-async def _close_async_orm_connections():
-    """Close what the async ORM opened on its own thread, so the test database can be dropped."""
+def _close_async_orm_connections(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Close what the async ORM opened on its own thread, so the test database can be dropped.
+
+    Outside any async_to_sync, Django's async ORM runs on asgiref's single shared thread; the
+    close must run there too. (A sync fixture: an async one would clash with Playwright's loop.)
+    """
     yield
-    await sync_to_async(connections.close_all)()
+    if inspect.iscoroutinefunction(request.function):
+        SyncToAsync.single_thread_executor.submit(connections.close_all).result()

@@ -9,7 +9,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -49,62 +49,97 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class Daphne:
+    """A daphne process serving the project on a fixed port; it can be stopped and restarted."""
+
+    def __init__(self, *, port: int, data_dir: Path, var_dir: Path) -> None:
+        self.server = LiveServer(
+            f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws/chat/", var_dir / "daphne.log"
+        )
+        self.port = port
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url(settings.DATABASES["default"]),
+            "DATABASE_CONN_MAX_AGE": "0",
+            "CHATBOT_DATA_DIR": str(data_dir),
+            "CHATBOT_VAR_DIR": str(var_dir),
+            "HF_HUB_OFFLINE": "1",
+        }
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> LiveServer:
+        command = [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "--websocket-max-message-size",
+            str(WEBSOCKET_MAX_MESSAGE_BYTES),
+            "chatbot.asgi:application",
+        ]
+        with self.server.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                command, cwd=settings.BASE_DIR, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        self._wait_until_serving()
+        return self.server
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def _wait_until_serving(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(
+                    f"daphne exited with {self.process.returncode}:\n{self.server.log_tail()}"
+                )
+            try:
+                urllib.request.urlopen(f"{self.server.url}/healthz", timeout=2)
+                return
+            except urllib.error.HTTPError:
+                return  # answering (503 only means no index is published yet)
+            except OSError:
+                time.sleep(0.2)
+        pytest.fail(f"daphne did not answer within 90 s:\n{self.server.log_tail()}")
+
+
+@pytest.fixture
+def daphne_factory(
+    django_db_setup, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[], Daphne]]:
+    started: list[Daphne] = []
+
+    def make() -> Daphne:
+        daphne = Daphne(
+            port=free_port(), data_dir=data_dir, var_dir=tmp_path_factory.mktemp("daphne-var")
+        )
+        started.append(daphne)
+        return daphne
+
+    yield make
+    for daphne in started:
+        daphne.stop()
+
+
 @pytest.fixture(scope="module")
 def daphne_server(
     django_db_setup, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
-    port = free_port()
-    var_dir = tmp_path_factory.mktemp("daphne-var")
-    log = var_dir / "daphne.log"
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url(settings.DATABASES["default"]),
-        "DATABASE_CONN_MAX_AGE": "0",
-        "CHATBOT_DATA_DIR": str(data_dir),
-        "CHATBOT_VAR_DIR": str(var_dir),
-        "HF_HUB_OFFLINE": "1",
-    }
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "--websocket-max-message-size",
-                str(WEBSOCKET_MAX_MESSAGE_BYTES),
-                "chatbot.asgi:application",
-            ],
-            cwd=settings.BASE_DIR,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = LiveServer(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws/chat/", log)
+    daphne = Daphne(port=free_port(), data_dir=data_dir, var_dir=tmp_path_factory.mktemp("daphne"))
     try:
-        _wait_until_serving(server, process)
-        yield server
+        yield daphne.start()
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def _wait_until_serving(server: LiveServer, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"daphne exited with {process.returncode}:\n{server.log_tail()}")
-        try:
-            urllib.request.urlopen(f"{server.url}/healthz", timeout=2)
-            return
-        except urllib.error.HTTPError:
-            return  # answering (503 only means no index is published yet)
-        except OSError:
-            time.sleep(0.2)
-    pytest.fail(f"daphne did not answer within 90 s:\n{server.log_tail()}")
+        daphne.stop()

@@ -1,0 +1,168 @@
+"""The widget in a real headless Chromium (Debian's), driven by Playwright, against real daphne."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from chatbot.models import Message
+from tests.chatbot.conftest import LiveServer
+
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("knowledge_base")]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+REPLY_TIMEOUT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    # Playwright's sync API keeps an event loop running on this thread, which makes Django
+    # refuse the test's own (synchronous, single-threaded) database calls; they are safe here.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "1"
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield launched
+        launched.close()
+    del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context()
+    opened = context.new_page()
+    yield opened
+    context.close()
+
+
+def open_widget(page: Page, server: LiveServer) -> None:
+    page.goto(f"{server.url}/")
+    page.get_by_test_id("chat-launcher").click()
+    expect(page.get_by_test_id("chat-panel")).to_be_visible()
+    expect(page.get_by_test_id("chat-status")).to_have_attribute("data-state", "online")
+
+
+def bubbles(page: Page, role: str):
+    return page.locator(f'[data-testid="chat-message"][data-role="{role}"]')
+
+
+def test_a_customer_chats_reloads_and_sees_the_history(
+    page: Page, daphne_server: LiveServer
+) -> None:
+    # given
+    open_widget(page, daphne_server)
+
+    # when
+    page.get_by_test_id("chat-input").fill("How long does standard delivery take?")
+    page.get_by_test_id("chat-send").click()
+
+    # then
+    expect(bubbles(page, "customer")).to_have_text(["How long does standard delivery take?"])
+    expect(bubbles(page, "bot")).to_have_count(2, timeout=REPLY_TIMEOUT_MS)  # greeting + reply
+    reply = Message.objects.get(role="bot")
+    expect(bubbles(page, "bot").last).to_have_text(reply.text, timeout=REPLY_TIMEOUT_MS)
+    expect(page.get_by_test_id("chat-typing")).to_be_hidden()
+
+    # and after a reload, the same conversation is shown again
+    page.reload()
+    page.get_by_test_id("chat-launcher").click()
+    expect(bubbles(page, "customer")).to_have_text(["How long does standard delivery take?"])
+    expect(bubbles(page, "bot").last).to_have_text(reply.text, timeout=REPLY_TIMEOUT_MS)
+    assert Message.objects.filter(role="customer").count() == 1
+
+
+def test_quick_replies_send_their_label_and_text_is_never_html(
+    page: Page, daphne_server: LiveServer
+) -> None:
+    # given: the greeting's answer offers quick replies
+    open_widget(page, daphne_server)
+    page.get_by_test_id("chat-input").fill("hello")
+    page.get_by_test_id("chat-input").press("Enter")
+    quick = page.get_by_test_id("chat-quick-reply")
+    expect(quick.first).to_be_visible(timeout=REPLY_TIMEOUT_MS)
+    label = quick.first.inner_text()
+
+    # when
+    quick.first.click()
+
+    # then
+    expect(bubbles(page, "customer")).to_have_text(["hello", label])
+    expect(bubbles(page, "bot")).to_have_count(3, timeout=REPLY_TIMEOUT_MS)  # greeting + 2
+
+    # and markup typed by a customer is shown as text, not run
+    markup = '<img src=x onerror="window.__pwned=1"><b>bold</b>'
+    page.get_by_test_id("chat-input").fill(markup)
+    page.get_by_test_id("chat-send").click()
+    expect(bubbles(page, "customer").last).to_have_text(markup)
+    expect(bubbles(page, "bot")).to_have_count(4, timeout=REPLY_TIMEOUT_MS)
+    assert page.evaluate("window.__pwned") is None
+    assert (
+        page.locator("#nw-chat-widget").evaluate("h => h.shadowRoot.querySelector('img')") is None
+    )
+
+
+def test_the_widget_works_with_the_keyboard_alone_on_a_phone(
+    browser: Browser, daphne_server: LiveServer
+) -> None:
+    context = browser.new_context(viewport={"width": 375, "height": 667}, has_touch=True)
+    page = context.new_page()
+    try:
+        page.goto(f"{daphne_server.url}/")
+        launcher = page.get_by_test_id("chat-launcher")
+        launcher.focus()
+        page.keyboard.press("Enter")
+
+        panel = page.get_by_test_id("chat-panel")
+        expect(panel).to_be_visible()
+        expect(page.get_by_test_id("chat-input")).to_be_focused()
+        box = panel.bounding_box()
+        assert box is not None and box["width"] >= 370 and box["height"] >= 600
+
+        page.keyboard.type("I want to return a lamp")
+        page.keyboard.press("Enter")
+        expect(bubbles(page, "bot")).to_have_count(2, timeout=REPLY_TIMEOUT_MS)
+
+        page.keyboard.press("Escape")
+        expect(panel).to_be_hidden()
+        expect(launcher).to_be_focused()
+    finally:
+        context.close()
+
+
+def test_the_widget_goes_offline_queues_and_sends_once_the_server_is_back(
+    page: Page, daphne_factory
+) -> None:
+    # given: a chat open on a server that then goes away
+    daphne = daphne_factory()
+    server = daphne.start()
+    open_widget(page, server)
+    daphne.stop()
+    expect(page.get_by_test_id("chat-status")).to_have_attribute("data-state", "offline")
+
+    # when: the customer writes while offline, and the server comes back
+    page.get_by_test_id("chat-input").fill("Do you sell gift cards?")
+    page.get_by_test_id("chat-send").click()
+    expect(bubbles(page, "customer")).to_have_text(["Do you sell gift cards?"])
+    daphne.start()
+
+    # then: the widget reconnects by itself and the message is answered, once
+    expect(page.get_by_test_id("chat-status")).to_have_attribute(
+        "data-state", "online", timeout=REPLY_TIMEOUT_MS
+    )
+    expect(bubbles(page, "bot")).to_have_count(2, timeout=REPLY_TIMEOUT_MS)
+    assert Message.objects.filter(role="customer").count() == 1
+    assert Message.objects.filter(role="bot").count() == 1
