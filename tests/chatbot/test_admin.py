@@ -91,3 +91,31 @@ def test_conversations_are_searchable_by_text_and_filterable_by_status(
     assert missed.context["cl"].result_count == 0
     assert closed.context["cl"].result_count == 1
     assert [c.status for c in closed.context["cl"].result_list] == ["closed"]
+
+
+def test_admin_action_rebuilds_the_answer_index_through_celery(
+    admin_client: Client, knowledge_base: str, settings
+) -> None:
+    # given: an edited template, and Celery running tasks in-process
+    from chatbot.celery import app
+    from chatbot.runtime import get_runtime
+
+    template = AnswerTemplate.objects.filter(intent__name="gift_card").first()
+    AnswerTemplate.objects.filter(pk=template.pk).update(text="Gift cards never expire.")
+    app.conf.task_always_eager = True
+
+    # when
+    try:
+        response = admin_client.post(
+            reverse("admin:chatbot_answertemplate_changelist"),
+            {"action": "rebuild_answer_index", "_selected_action": [template.pk]},
+            follow=True,
+        )
+    finally:
+        app.conf.task_always_eager = False
+
+    # then
+    assert "being rebuilt" in response.content.decode()
+    index = get_runtime().index()
+    assert index.version != knowledge_base
+    assert index.templates.entries[template.pk].text == "Gift cards never expire."
