@@ -31,6 +31,14 @@ BOT_DECISION_FIELDS = (
 )
 
 
+class DistinctSearchMixin:
+    """Search across a related table joins it in; distinct() keeps one row per object."""
+
+    def get_search_results(self, request, queryset, search_term):
+        results, _ = super().get_search_results(request, queryset, search_term)
+        return results.distinct(), False
+
+
 class MessageInline(admin.TabularInline):
     model = Message
     extra = 0
@@ -45,7 +53,7 @@ class MessageInline(admin.TabularInline):
 
 
 @admin.register(Conversation)
-class ConversationAdmin(admin.ModelAdmin):
+class ConversationAdmin(DistinctSearchMixin, admin.ModelAdmin):
     list_display = (
         "short_id",
         "status",
@@ -70,11 +78,6 @@ class ConversationAdmin(admin.ModelAdmin):
     @admin.display(description="Messages", ordering="_messages")
     def message_count(self, obj: Conversation) -> int:
         return obj._messages
-
-    def get_search_results(self, request, queryset, search_term):
-        results, _ = super().get_search_results(request, queryset, search_term)
-        # Searching across messages joins them in; distinct() keeps one row per conversation.
-        return results.distinct(), False
 
 
 @admin.register(Message)
@@ -126,7 +129,7 @@ def rebuild_answer_index(modeladmin, request: HttpRequest, queryset: QuerySet) -
 
 
 @admin.register(Intent)
-class IntentAdmin(admin.ModelAdmin):
+class IntentAdmin(DistinctSearchMixin, admin.ModelAdmin):
     list_display = ("name", "active", "example_count", "template_count", "description")
     list_filter = ("active",)
     search_fields = ("name", "description", "examples__text")
@@ -150,10 +153,6 @@ class IntentAdmin(admin.ModelAdmin):
     @admin.display(description="Templates", ordering="_templates")
     def template_count(self, obj: Intent) -> int:
         return obj._templates
-
-    def get_search_results(self, request, queryset, search_term):
-        results, _ = super().get_search_results(request, queryset, search_term)
-        return results.distinct(), False
 
 
 @admin.register(IntentExample)
