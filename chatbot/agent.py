@@ -1,7 +1,8 @@
 """The agent: reads a customer message and decides what the bot says, and why.
 
-It answers with the best template of the intent whose curated examples are nearest to the
-message (sentence embeddings from the base BERT, searched with FAISS).
+The live intent model names the intent (calibrated probabilities); without one, the intent of
+the nearest curated examples does (sentence embeddings from the base BERT, searched with FAISS).
+The answer is the template of that intent closest to the message.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class AgentReply:
     template_similarity: float | None
     suggestions: tuple[str, ...]
     index_version: str
-    model_version_id: int | None = None
+    model_version: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -61,7 +62,10 @@ class Agent:
         index = analysis.index
         if index is None or not analysis.example_hits:
             raise AgentUnavailable("No answer index is live; run `manage.py prepare_model`.")
-        ranked = rank_intents(analysis.example_hits)
+        if analysis.prediction is not None:
+            ranked = [IntentScore(i, round(p, 4)) for i, p in analysis.prediction.top_k]
+        else:
+            ranked = rank_intents(analysis.example_hits)
         top = ranked[0]
         retrieve_started = time.perf_counter()
         templates = index.search_templates(analysis.vector[None, :], 1, intent=top.intent)[0]
@@ -78,6 +82,7 @@ class Agent:
             template_similarity=round(template.score, 4),
             suggestions=template.suggestions,
             index_version=index.version,
+            model_version=analysis.model_version,
             timings={
                 "queue_ms": round(batched.queue_ms, 2),
                 "analyse_ms": round(batched.run_ms, 2),

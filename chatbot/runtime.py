@@ -1,8 +1,9 @@
 """The models and indexes one server process answers with: loaded once, swapped when published.
 
-The encoder loads lazily on the batcher's worker thread, so `migrate`, the admin and beat never
-import torch. Each batch checks the live-index pointer first: a newly published index takes
-effect at the next batch, and a batch in flight finishes on the index it started with.
+Models load lazily on the batcher's worker thread, so `migrate`, the admin and beat never import
+torch. Each batch checks the live pointers of the intent model and the answer index first: a
+newly promoted version takes effect at the next batch, and a batch in flight finishes on the
+versions it started with.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from django.conf import settings
@@ -20,6 +22,9 @@ from django.conf import settings
 from chatbot.batching import Batched, MicroBatcher
 from retrieval.index import Hit, KnowledgeIndex
 from retrieval.store import VersionStore
+
+if TYPE_CHECKING:
+    from training.inference import IntentClassifier, Prediction
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +38,8 @@ class Analysis:
     vector: np.ndarray
     example_hits: list[Hit]
     index: KnowledgeIndex | None
+    prediction: Prediction | None = None
+    model_version: str = ""
 
 
 class Runtime:
@@ -41,8 +48,11 @@ class Runtime:
     ) -> None:
         self.base_model = base_model
         self.indexes = VersionStore(Path(data_dir) / "indexes")
+        self.models = VersionStore(Path(data_dir) / "models")
         self._encoder = None
         self._index: KnowledgeIndex | None = None
+        self._classifier: IntentClassifier | None = None
+        self._classifier_version: str | None = None
         self._lock = threading.Lock()
         self.batcher: MicroBatcher[str, Analysis] = MicroBatcher(
             self.analyse_batch, max_batch=max_batch, max_wait_ms=max_wait_ms, name="agent"
@@ -67,14 +77,36 @@ class Runtime:
                 logger.info("Serving answer index %s", live)
             return self._index
 
+    def classifier(self) -> tuple[IntentClassifier | None, str]:
+        """The live intent model and its version name, reloaded when another is promoted."""
+        live = self.models.live()
+        with self._lock:
+            if live != self._classifier_version:
+                from training.inference import IntentClassifier
+
+                self._classifier = (
+                    IntentClassifier.from_dir(self.models.path(live)) if live else None
+                )
+                self._classifier_version = live
+                logger.info("Serving intent model %s", live)
+            return self._classifier, self._classifier_version or ""
+
     def analyse_batch(self, texts: Sequence[str]) -> list[Analysis]:
-        """Embed a batch of messages in one forward pass and find their nearest examples."""
+        """Classify and embed a batch of messages, one forward pass each, and search examples."""
+        texts = list(texts)
         index = self.index()
-        vectors = self.encoder().encode(list(texts))
-        if index is None:
-            return [Analysis(vector, [], None) for vector in vectors]
-        hits = index.search_examples(vectors, EXAMPLE_NEIGHBOURS)
-        return [Analysis(v, h, index) for v, h in zip(vectors, hits, strict=True)]
+        classifier, model_version = self.classifier()
+        predictions = classifier.predict(texts) if classifier else [None] * len(texts)
+        vectors = self.encoder().encode(texts)
+        hits = (
+            index.search_examples(vectors, EXAMPLE_NEIGHBOURS)
+            if index is not None
+            else [[] for _ in texts]
+        )
+        return [
+            Analysis(vector, hit, index, prediction, model_version)
+            for vector, hit, prediction in zip(vectors, hits, predictions, strict=True)
+        ]
 
     async def analyse(self, text: str) -> Batched[Analysis]:
         return await self.batcher.submit(text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from chatbot.models import Conversation, Message
+from chatbot.models import Conversation, Message, ModelVersion
 from chatbot.runtime import get_runtime
 
 
@@ -21,3 +21,11 @@ def reply_to(*, message_id: int) -> Message | None:
 
 def live_index_version() -> str | None:
     return get_runtime().indexes.live()
+
+
+def model_version_id(*, name: str) -> int | None:
+    """The ModelVersion row of a live model's directory name (the runtime knows only names)."""
+    if not name:
+        return None
+    directory = str(get_runtime().models.path(name))
+    return ModelVersion.objects.filter(directory=directory).values_list("pk", flat=True).first()

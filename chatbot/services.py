@@ -69,6 +69,7 @@ def bot_reply_store(*, customer_message: Message, reply: AgentReply, latency_ms:
     template_id = (
         AnswerTemplate.objects.filter(pk=reply.template_id).values_list("pk", flat=True).first()
     )
+    model_version_id = selectors.model_version_id(name=reply.model_version)
     try:
         with transaction.atomic():
             return Message.objects.create(
@@ -83,7 +84,7 @@ def bot_reply_store(*, customer_message: Message, reply: AgentReply, latency_ms:
                 template_id=template_id,
                 template_similarity=reply.template_similarity,
                 suggestions=list(reply.suggestions),
-                model_version_id=reply.model_version_id,
+                model_version_id=model_version_id,
                 index_version=reply.index_version,
                 latency_ms=round(latency_ms, 2),
                 timings=reply.timings,

@@ -52,6 +52,10 @@ class VersionStore:
         tmp.write_text(version)
         os.replace(tmp, self.root / POINTER)
 
+    def clear_live(self) -> None:
+        """Point at nothing (callers fall back to what they do without a version)."""
+        (self.root / POINTER).unlink(missing_ok=True)
+
     def live(self) -> str | None:
         """The live version's name, or None when nothing has been published."""
         try:

@@ -1,17 +1,43 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from chatbot.knowledge import KnowledgeBaseError, answer_index_build
+from chatbot.learning import model_train
+from chatbot.runtime import get_runtime
+from training.config import TrainConfig
+from training.data import DatasetError
 
 
 class Command(BaseCommand):
-    help = "Embed the knowledge base with the base model and publish the answer index."
+    help = (
+        "Embed the knowledge base into the answer index and, when no intent model is live yet, "
+        "fine-tune one on the knowledge base's examples and make it live."
+    )
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--force", action="store_true", help="Rebuild even if unchanged.")
+        parser.add_argument(
+            "--force", action="store_true", help="rebuild the index even if unchanged"
+        )
+        parser.add_argument("--no-train", action="store_true", help="only build the answer index")
+        parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
 
-    def handle(self, *args, force: bool, **options) -> None:
+    def handle(self, *args, force: bool, no_train: bool, epochs: int, **options) -> None:
         try:
             version = answer_index_build(force=force)
         except KnowledgeBaseError as error:
             raise CommandError(str(error)) from error
         self.stdout.write(self.style.SUCCESS(f"Answer index {version} is live."))
+        live = get_runtime().models.live()
+        if live or no_train:
+            self.stdout.write(f"Intent model: {live or 'none (nearest-example answers)'}")
+            return
+        self.stdout.write("Fine-tuning the intent model on the knowledge base (first run only)...")
+        try:
+            model = model_train(config=TrainConfig(epochs=epochs), promote=True)
+        except DatasetError as error:
+            raise CommandError(str(error)) from error
+        validation = model.metrics["validation"]
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Intent model {model} is live: validation accuracy {validation['accuracy']:.3f}"
+            )
+        )

@@ -1,0 +1,117 @@
+"""The chat answers with the live fine-tuned intent model (the packaged BERT, trained once here)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from channels.db import database_sync_to_async
+
+from chatbot.knowledge import DEMO_KNOWLEDGE_BASE
+from chatbot.learning import model_promote
+from chatbot.models import Message, ModelVersion
+from chatbot.runtime import get_runtime
+from retrieval.store import VersionStore
+from tests.chatbot.test_consumer import open_chat, send_message
+from training.config import TrainConfig
+from training.data import Example, stratified_split
+from training.train import train
+
+
+@pytest.fixture(scope="session")
+def demo_model(data_dir: Path) -> tuple[Path, dict]:
+    """One epoch on the demo knowledge base's examples, written into the models store."""
+    intents = json.loads(DEMO_KNOWLEDGE_BASE.read_text())["intents"]
+    examples = [Example(text, i["name"]) for i in intents for text in i["examples"]]
+    train_set, val_set = stratified_split(examples, val_fraction=0.1, seed=1)
+    store = VersionStore(data_dir / "models")
+    metrics: dict = {}
+    version = store.write(
+        lambda d: metrics.update(train(TrainConfig(epochs=1), train_set, val_set, d))
+    )
+    return store.path(version), metrics
+
+
+@pytest.fixture
+def live_model(knowledge_base, demo_model) -> Iterator[ModelVersion]:
+    directory, metrics = demo_model
+    version = ModelVersion.objects.create(
+        directory=str(directory), base_model=metrics["base_model"], kind="full", metrics=metrics
+    )
+    model_promote(model_version=version)
+    yield version
+    get_runtime().models.clear_live()
+
+
+async def test_the_reply_comes_from_the_live_model_with_calibrated_probabilities(
+    live_model: ModelVersion,
+) -> None:
+    # given
+    communicator, _ = await open_chat()
+
+    # when
+    reply = await send_message(communicator, "I can't remember my password", "p-1")
+
+    # then
+    assert reply["intent"] == "password_reset"
+    bot = await Message.objects.select_related("model_version").aget(role="bot")
+    assert bot.model_version_id == live_model.pk
+    assert bot.confidence == pytest.approx(bot.top_k[0]["score"], abs=1e-4)
+    assert 0 < sum(alt["score"] for alt in bot.top_k) <= 1.0001
+    assert [alt["score"] for alt in bot.top_k] == sorted(
+        (alt["score"] for alt in bot.top_k), reverse=True
+    )
+    assert await ModelVersion.objects.filter(is_live=True).acount() == 1
+    await communicator.disconnect()
+
+
+async def test_messages_arriving_together_share_one_classifier_pass(live_model) -> None:
+    chats = [await open_chat() for _ in range(5)]
+    texts = [
+        "Where is my order?",
+        "How much is delivery?",
+        "I want a refund",
+        "Do you have gift cards?",
+        "Talk to a human please",
+    ]
+
+    replies = await asyncio.gather(
+        *(
+            send_message(c, t, f"b{i}")
+            for i, ((c, _), t) in enumerate(zip(chats, texts, strict=True))
+        )
+    )
+
+    assert all(r["intent"] for r in replies)
+    sizes = await database_sync_to_async(list)(
+        Message.objects.filter(role="bot").values_list("timings__batch_size", flat=True)
+    )
+    assert max(sizes) > 1
+    for chat, _ in chats:
+        await chat.disconnect()
+
+
+def test_prepare_model_trains_and_promotes_a_model_when_none_is_live(
+    knowledge_base, settings, tmp_path
+) -> None:
+    from django.core.management import call_command
+
+    from chatbot.models import IntentExample
+
+    # given: a small knowledge base (three intents), nothing live
+    IntentExample.objects.exclude(
+        intent__name__in=["greeting", "goodbye", "opening_hours"]
+    ).delete()
+    get_runtime().models.clear_live()
+
+    # when
+    call_command("prepare_model", "--epochs", "1")
+
+    # then
+    live = ModelVersion.objects.get(is_live=True)
+    assert get_runtime().models.live() == Path(live.directory).name
+    assert live.metrics["intents"] == 3
+    get_runtime().models.clear_live()

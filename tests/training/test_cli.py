@@ -1,0 +1,75 @@
+"""`python -m training train|evaluate` as a user runs it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from training.data import Example
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+
+
+def test_train_then_evaluate_prints_metrics_as_json_on_the_last_line(
+    examples, tiny_bert: str, write_csv, tmp_path: Path
+) -> None:
+    # given
+    train_csv = write_csv("train.csv", examples, text_col="utterance", label_col="intent")
+    test_rows = [*examples[:6], Example("tell me a joke", "oos"), Example("sing", "oos")]
+    test_csv = write_csv("test.csv", test_rows, text_col="utterance", label_col="intent")
+    out = tmp_path / "model"
+
+    # when
+    trained = run(
+        "train", "--csv", str(train_csv), "--text-col", "utterance", "--label-col", "intent",
+        "--base-model", tiny_bert, "--epochs", "1", "--batch-size", "4", "--val-fraction", "0.4",
+        "--out", str(out),
+    )  # fmt: skip
+    evaluated = run(
+        "evaluate", "--model", str(out), "--csv", str(test_csv), "--text-col", "utterance",
+        "--label-col", "intent", "--oos-label", "oos", "--json",
+    )  # fmt: skip
+
+    # then
+    assert trained.returncode == 0, trained.stderr
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert metrics["n"] == 8
+    assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["macro_f1"] <= 1
+    assert metrics["oos"]["n_oos"] == 2
+    assert metrics["oos"]["recall"] == 0.0  # a model without an oos class never declines
+    assert {"per_intent", "confusion", "confidence_histogram"} <= metrics.keys()
+
+
+def test_evaluate_refuses_labels_the_model_does_not_know(
+    examples, tiny_bert: str, write_csv, tmp_path: Path
+) -> None:
+    train_csv = write_csv("train.csv", examples)
+    out = tmp_path / "model"
+    trained = run(
+        "train", "--csv", str(train_csv), "--base-model", tiny_bert, "--epochs", "1",
+        "--out", str(out),
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    test_csv = write_csv("test.csv", [Example("hello", "greeting")])
+
+    result = run("evaluate", "--model", str(out), "--csv", str(test_csv))
+
+    assert result.returncode == 2
+    assert "does not know: greeting" in result.stderr
+
+
+def test_train_on_an_empty_file_says_so(write_csv, tmp_path: Path) -> None:
+    result = run("train", "--csv", str(write_csv("empty.csv", [])), "--out", str(tmp_path / "m"))
+
+    assert result.returncode == 2
+    assert "empty" in result.stderr
+    assert not (tmp_path / "m").exists()

@@ -1,0 +1,139 @@
+"""Training mechanics: a few steps on tiny data, with the real packaged model and a tiny BERT."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.config import TrainConfig
+from training.data import DatasetError, Example
+from training.inference import IntentClassifier
+from training.pipeline import train_to_directory
+
+MODEL_FILES = {
+    "model.json",
+    "head.safetensors",
+    "tokenizer.json",
+    "thresholds.json",
+    "training_config.json",
+    "metrics.json",
+    "validation_report.json",
+    "confusion.png",
+}
+
+
+def quick(**overrides) -> TrainConfig:
+    return TrainConfig(**{"epochs": 1, "batch_size": 4, "seed": 3, **overrides})
+
+
+def test_packaged_model_trains_saves_and_predicts_the_same_after_reload(
+    split, tmp_path: Path
+) -> None:
+    # given
+    train_set, val_set = split
+    out = tmp_path / "v1"
+
+    # when
+    metrics = train_to_directory(quick(), train_set, val_set, out)
+
+    # then
+    assert {p.name for p in out.iterdir()} >= MODEL_FILES
+    assert (out / "encoder" / "model.safetensors").is_file()
+    assert metrics["kind"] == "full" and metrics["n_train"] == 9
+    assert metrics["validation"]["probe"] is not None
+    assert metrics["temperature"] > 0
+    first = IntentClassifier.from_dir(out, int8=False)
+    second = IntentClassifier.from_dir(out, int8=False)
+    texts = [e.text for e in val_set] + ["my card is lost", "euro rate?"]
+    np.testing.assert_array_equal(first.predict_proba(texts), second.predict_proba(texts))
+    predictions = first.predict(texts, k=2)
+    assert all(len(p.top_k) == 2 and p.top_k[0] == (p.intent, p.confidence) for p in predictions)
+    assert np.allclose(first.predict_proba(texts).sum(axis=1), 1.0)
+    # the packaged sentence encoder separates these intents from nine examples
+    assert [p.intent for p in predictions[:6]] == [e.label for e in val_set]
+
+
+def test_any_bert_checkpoint_works_through_the_base_model_setting(
+    split, tiny_bert: str, tmp_path: Path
+) -> None:
+    train_set, val_set = split
+
+    metrics = train_to_directory(
+        quick(base_model=tiny_bert, pooling="cls", epochs=2), train_set, val_set, tmp_path / "m"
+    )
+
+    assert metrics["base_model"] == tiny_bert
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    classifier = IntentClassifier.from_dir(tmp_path / "m")
+    assert classifier.meta["pooling"] == "cls"
+    assert set(classifier.labels) == {"card_arrival", "exchange_rate", "lost_card"}
+    assert classifier.predict(["hello"])[0].intent in classifier.labels
+
+
+def test_lora_saves_only_adapters_and_reloads_to_the_same_predictions(
+    split, tiny_bert: str, tmp_path: Path
+) -> None:
+    # given
+    train_set, val_set = split
+    config = quick(base_model=tiny_bert, lora=True, lora_rank=4, lora_targets=["query", "value"])
+
+    # when
+    metrics = train_to_directory(config, train_set, val_set, tmp_path / "lora")
+
+    # then
+    encoder_files = {p.name for p in (tmp_path / "lora" / "encoder").iterdir()}
+    assert "adapter_model.safetensors" in encoder_files and "model.safetensors" not in encoder_files
+    assert metrics["kind"] == "lora"
+    saved = json.loads((tmp_path / "lora" / "training_config.json").read_text())
+    assert saved["lora_rank"] == 4 and saved["lora_targets"] == ["query", "value"]
+    texts = ["where is my card", "rate for dollars"]
+    a = IntentClassifier.from_dir(tmp_path / "lora", int8=False).predict_proba(texts)
+    b = IntentClassifier.from_dir(tmp_path / "lora", int8=False).predict_proba(texts)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_int8_is_measured_at_training_time_and_used_only_if_it_held(split, tmp_path) -> None:
+    train_set, val_set = split
+
+    metrics = train_to_directory(quick(), train_set, val_set, tmp_path / "q")
+
+    int8 = metrics["int8"]
+    assert int8["use"] == (int8["accuracy_drop"] <= 0.005)
+    thresholds = json.loads((tmp_path / "q" / "thresholds.json").read_text())
+    assert thresholds["int8"] == int8["use"]
+    assert IntentClassifier.from_dir(tmp_path / "q").int8 == int8["use"]
+
+
+@pytest.mark.parametrize(
+    ("train_rows", "val_rows", "message"),
+    [
+        ([], [Example("x", "a")], "empty"),
+        (
+            [Example("a", "x"), Example("b", "x"), Example("c", "y")],
+            [Example("d", "x")],
+            "fewer than 2 examples",
+        ),
+        (
+            [Example("a", "x"), Example("b", "x"), Example("c", "y"), Example("d", "y")],
+            [Example("e", "z")],
+            "does not know: z",
+        ),
+    ],
+)
+def test_bad_datasets_fail_clearly_and_leave_no_model(
+    train_rows, val_rows, message, tmp_path: Path
+) -> None:
+    with pytest.raises(DatasetError, match=message):
+        train_to_directory(quick(), train_rows, val_rows, tmp_path / "never")
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_training_into_an_existing_directory_is_refused(split, tmp_path: Path) -> None:
+    (tmp_path / "taken").mkdir()
+
+    with pytest.raises(FileExistsError):
+        train_to_directory(quick(), *split, tmp_path / "taken")

@@ -1,0 +1,1 @@
+"""Intent classifiers: data, fine-tuning (full or LoRA), evaluation and inference (no Django)."""

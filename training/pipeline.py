@@ -1,0 +1,97 @@
+"""Training runs that write a whole model directory or nothing, with an optional search."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from retrieval.store import VersionStore
+from training.config import TrainConfig
+from training.data import Example
+from training.train import Progress, train
+
+logger = logging.getLogger(__name__)
+
+
+def train_to_directory(
+    config: TrainConfig,
+    train_set: Sequence[Example],
+    val_set: Sequence[Example],
+    out: Path,
+    *,
+    search_minutes: float = 0,
+    progress: Progress | None = None,
+) -> dict:
+    """Train into `out`, which appears only once complete; returns the metrics."""
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists; choose a new directory for the model.")
+    store = VersionStore(out.parent)
+    if search_minutes <= 0:
+        metrics: dict = {}
+
+        def write(directory: Path) -> None:
+            metrics.update(train(config, train_set, val_set, directory, progress=progress))
+
+        store.write(write, version=out.name)
+        return metrics
+    return _search(config, train_set, val_set, out, store, budget_s=search_minutes * 60)
+
+
+def search_space(config: TrainConfig) -> list[TrainConfig]:
+    """Learning rates by epochs (by LoRA ranks), the given config first, the rest shuffled."""
+    epochs = [3, 5]
+    if config.lora:
+        grid = [
+            replace(config, lora_lr=lr, epochs=n, lora_rank=r, lora_alpha=2 * r)
+            for lr, n, r in itertools.product([5e-4, 1e-3, 2e-3], epochs, [8, 16, 32])
+        ]
+    else:
+        grid = [
+            replace(config, lr=lr, epochs=n)
+            for lr, n in itertools.product([5e-5, 8e-5, 1.2e-4], epochs)
+        ]
+    random.Random(config.seed).shuffle(grid)
+    return [config, *[c for c in grid if c != config]]
+
+
+def _search(config, train_set, val_set, out: Path, store: VersionStore, *, budget_s: float):
+    """Train candidates until the budget would run out; keep the best on validation macro-F1."""
+    started = time.monotonic()
+    best: tuple[float, str, dict] | None = None
+    slowest = 0.0
+    for number, candidate in enumerate(search_space(config), start=1):
+        elapsed = time.monotonic() - started
+        if best is not None and elapsed + slowest > budget_s:
+            break
+        metrics: dict = {}
+        trial_started = time.monotonic()
+        version = store.write(
+            lambda d, c=candidate, m=metrics: m.update(train(c, train_set, val_set, d)),
+            version=f".trial-{out.name}-{number}",
+        )
+        slowest = max(slowest, time.monotonic() - trial_started)
+        score = metrics["validation"]["macro_f1"]
+        logger.info(
+            "Trial %d (lr %s, epochs %s, rank %s): macro-F1 %.4f",
+            number,
+            candidate.lr,
+            candidate.epochs,
+            candidate.lora_rank,
+            score,
+        )
+        if best is None or score > best[0]:
+            if best is not None:
+                shutil.rmtree(store.path(best[1]), ignore_errors=True)
+            best = (score, version, {**metrics, "search": {"trials": number}})
+        else:
+            shutil.rmtree(store.path(version), ignore_errors=True)
+    assert best is not None
+    store.path(best[1]).rename(out)
+    return best[2]

