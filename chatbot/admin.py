@@ -6,7 +6,7 @@ from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
-from chatbot import tasks
+from chatbot import learning, tasks
 from chatbot.models import (
     AnswerTemplate,
     Conversation,
@@ -176,8 +176,43 @@ class AnswerTemplateAdmin(admin.ModelAdmin):
         return str(obj)
 
 
+@admin.action(description="Make the selected version live")
+def make_live(modeladmin, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
+    if queryset.count() != 1:
+        modeladmin.message_user(request, "Select exactly one version.", messages.ERROR)
+        return
+    version = queryset.get()
+    learning.model_promote(model_version=version)
+    modeladmin.message_user(request, f"{version} is live.", messages.SUCCESS)
+
+
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ("__str__", "kind", "base_model", "created_at", "is_live")
+    list_display = (
+        "__str__",
+        "kind",
+        "validation_accuracy",
+        "validation_macro_f1",
+        "n_examples",
+        "created_at",
+        "is_live",
+    )
     list_filter = ("kind", "is_live")
     readonly_fields = ("created_at", "directory", "base_model", "kind", "metrics", "is_live")
+    actions = [make_live]
+
+    @admin.display(description="Val. accuracy")
+    def validation_accuracy(self, obj: ModelVersion) -> str:
+        return _percent(obj.metrics.get("validation", {}).get("accuracy"))
+
+    @admin.display(description="Val. macro-F1")
+    def validation_macro_f1(self, obj: ModelVersion) -> str:
+        return _percent(obj.metrics.get("validation", {}).get("macro_f1"))
+
+    @admin.display(description="Examples")
+    def n_examples(self, obj: ModelVersion) -> int | None:
+        return obj.metrics.get("n_train")
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"

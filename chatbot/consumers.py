@@ -82,16 +82,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 reply = await services.reply_wait(customer_message=message)
         except AgentUnavailable as error:
             logger.error("Cannot answer: %s", error)
-            await self.send_json(
-                protocol.ProtocolError(
-                    "agent_unavailable",
-                    "The assistant is not available right now; your message is saved.",
-                    in_reply_to=frame.client_id,
-                ).frame()
-            )
+            await self.send_error("agent_unavailable", frame.client_id)
+            return
+        except Exception:
+            # The message is stored; the customer hears that something failed, and the
+            # connection stays open for the next message.
+            logger.exception("Failed to answer message %s", message.pk)
+            await self.send_error("internal_error", frame.client_id)
             return
         if reply is not None:
             await self.send_json(protocol.reply_frame(reply, in_reply_to=frame.client_id))
+
+    async def send_error(self, code: str, client_id: str) -> None:
+        detail = "The assistant is not available right now; your message is saved."
+        await self.send_json(protocol.ProtocolError(code, detail, in_reply_to=client_id).frame())
 
     async def send_json(self, content: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(content, ensure_ascii=False))

@@ -82,14 +82,23 @@ class Runtime:
         live = self.models.live()
         with self._lock:
             if live != self._classifier_version:
-                from training.inference import IntentClassifier
-
-                self._classifier = (
-                    IntentClassifier.from_dir(self.models.path(live)) if live else None
-                )
+                self._classifier = self._load_classifier(live) if live else None
                 self._classifier_version = live
-                logger.info("Serving intent model %s", live)
             return self._classifier, self._classifier_version or ""
+
+    def _load_classifier(self, version: str) -> IntentClassifier | None:
+        """Load a model version; one that cannot load leaves the agent on nearest examples."""
+        from training.inference import IntentClassifier
+
+        try:
+            classifier = IntentClassifier.from_dir(self.models.path(version))
+        except Exception:
+            logger.exception(
+                "Cannot load intent model %s; answering from nearest examples", version
+            )
+            return None
+        logger.info("Serving intent model %s", version)
+        return classifier
 
     def analyse_batch(self, texts: Sequence[str]) -> list[Analysis]:
         """Classify and embed a batch of messages, one forward pass each, and search examples."""

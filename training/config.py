@@ -18,13 +18,14 @@ class TrainConfig:
     epochs: int = 4  # upper bound; early stopping may end sooner
     batch_size: int = 32
     lr: float = 8e-5  # peak learning rate of the encoder weights (full fine-tune)
-    lora_lr: float = 1e-3  # peak learning rate of the LoRA adapters
+    lora_lr: float = 5e-4  # peak learning rate of the LoRA adapters
     head_lr: float = 1e-3  # peak learning rate of the classification head
     weight_decay: float = 0.01  # AdamW, not applied to biases and LayerNorm weights
     warmup_ratio: float = 0.06  # share of steps with a linear warm-up, then linear decay
-    dropout: float = 0.1  # before the classification head
+    dropout: float = 0.1  # in the encoder and before the classification head
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
     max_length: int = 64  # tokens; customer messages are short
-    patience: int = 2  # epochs without a better validation macro-F1 before stopping
+    patience: int = 3  # epochs without a better validation macro-F1 before stopping
     val_fraction: float = 0.1  # validation split cut from the training data
     seed: int = 13
     device: str = ""  # "" = CUDA when present, else CPU

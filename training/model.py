@@ -57,7 +57,15 @@ def load_encoder(base_model: str, *, dropout: float | None = None) -> nn.Module:
     if dropout is not None:
         config.hidden_dropout_prob = dropout
         config.attention_probs_dropout_prob = dropout
-    return AutoModel.from_pretrained(base_model, config=config, add_pooling_layer=False)
+    from transformers.utils import logging as hf_logging
+
+    # The [CLS] pooler is not used, so its weights load as "unexpected": say nothing about it.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoModel.from_pretrained(base_model, config=config, add_pooling_layer=False)
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def save_model(model: IntentModel, tokenizer, directory: Path, *, meta: dict) -> None:

@@ -50,7 +50,7 @@ def search_space(config: TrainConfig) -> list[TrainConfig]:
     if config.lora:
         grid = [
             replace(config, lora_lr=lr, epochs=n, lora_rank=r, lora_alpha=2 * r)
-            for lr, n, r in itertools.product([5e-4, 1e-3, 2e-3], epochs, [8, 16, 32])
+            for lr, n, r in itertools.product([3e-4, 5e-4, 1e-3], epochs, [8, 16, 32])
         ]
     else:
         grid = [
@@ -79,9 +79,10 @@ def _search(config, train_set, val_set, out: Path, store: VersionStore, *, budge
         slowest = max(slowest, time.monotonic() - trial_started)
         score = metrics["validation"]["macro_f1"]
         logger.info(
-            "Trial %d (lr %s, epochs %s, rank %s): macro-F1 %.4f",
+            "Trial %d (lr %s, LoRA lr %s, epochs %s, rank %s): macro-F1 %.4f",
             number,
             candidate.lr,
+            candidate.lora_lr,
             candidate.epochs,
             candidate.lora_rank,
             score,

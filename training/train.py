@@ -268,7 +268,7 @@ def train(
         ),
     )
     scaler = torch.amp.GradScaler("cuda", enabled=device.startswith("cuda"))
-    loss_fn = torch.nn.CrossEntropyLoss()
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     # The probe itself is epoch 0: fine-tuning must beat it on validation to be kept.
     best_f1, best_epoch, best_state, stale = -1.0, 0, None, 0
     if probe_scores is not None:

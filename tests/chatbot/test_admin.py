@@ -119,3 +119,35 @@ def test_admin_action_rebuilds_the_answer_index_through_celery(
     index = get_runtime().index()
     assert index.version != knowledge_base
     assert index.templates.entries[template.pk].text == "Gift cards never expire."
+
+
+@pytest.mark.django_db(transaction=True)
+def test_admin_makes_a_chosen_model_version_live(admin_client: Client) -> None:
+    # given: two registered versions, the older one live
+    from chatbot.runtime import get_runtime
+
+    store = get_runtime().models
+    old_dir, new_dir = store.root / "v-old", store.root / "v-new"
+    for directory in (old_dir, new_dir):
+        directory.mkdir(parents=True)
+    old = ModelVersion.objects.create(
+        directory=str(old_dir), base_model="m", kind="full", is_live=True
+    )
+    new = ModelVersion.objects.create(
+        directory=str(new_dir), base_model="m", kind="lora", metrics={"validation": {}}
+    )
+
+    # when
+    try:
+        admin_client.post(
+            reverse("admin:chatbot_modelversion_changelist"),
+            {"action": "make_live", "_selected_action": [new.pk]},
+        )
+
+        # then
+        old.refresh_from_db()
+        new.refresh_from_db()
+        assert (old.is_live, new.is_live) == (False, True)
+        assert store.live() == "v-new"
+    finally:
+        store.clear_live()

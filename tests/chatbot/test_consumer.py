@@ -247,3 +247,58 @@ async def test_customers_writing_at_once_share_forward_passes_and_get_their_own_
     assert max(m.timings["batch_size"] for m in bots) > 1
     for chat, _ in chats:
         await chat.disconnect()
+
+
+async def test_a_model_that_cannot_load_leaves_the_bot_answering_from_examples(
+    knowledge_base: str,
+) -> None:
+    # given: a live model version whose files are broken
+    from chatbot.runtime import get_runtime
+
+    store = get_runtime().models
+    version = store.write(lambda d: (d / "model.json").write_text("{not json"))
+    store.set_live(version)
+    try:
+        communicator, history = await open_chat()
+
+        # when
+        reply = await send_message(communicator, "Do gift cards expire?", "g-1")
+
+        # then
+        assert reply["intent"] == "gift_card"
+        bot = (await stored(history["conversation"]))[-1]
+        assert bot.model_version_id is None and bot.index_version == knowledge_base
+        await communicator.disconnect()
+    finally:
+        store.clear_live()
+
+
+async def test_an_unexpected_failure_is_reported_and_the_chat_goes_on(monkeypatch) -> None:
+    # given: the agent fails once (fault injection)
+    from chatbot.agent import Agent
+
+    real_respond = Agent.respond
+    calls = {"n": 0}
+
+    async def failing_once(self, text):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected failure")
+        return await real_respond(self, text)
+
+    monkeypatch.setattr(Agent, "respond", failing_once)
+    communicator, history = await open_chat()
+
+    # when
+    await communicator.send_json_to({"type": "message", "text": "hello", "id": "f-1"})
+    ack = await communicator.receive_json_from(timeout=30)
+    error = await communicator.receive_json_from(timeout=30)
+    reply = await send_message(communicator, "thanks a lot", "f-2")
+
+    # then
+    assert ack["type"] == "ack"
+    assert (error["code"], error["in_reply_to"]) == ("internal_error", "f-1")
+    assert reply["intent"] == "thanks"
+    texts = [(m.role, m.text) for m in await stored(history["conversation"])]
+    assert texts[:2] == [("customer", "hello"), ("customer", "thanks a lot")]
+    await communicator.disconnect()

@@ -11,7 +11,7 @@ import pytest
 from training.config import TrainConfig
 from training.data import DatasetError, Example
 from training.inference import IntentClassifier
-from training.pipeline import train_to_directory
+from training.pipeline import search_space, train_to_directory
 
 MODEL_FILES = {
     "model.json",
@@ -137,3 +137,30 @@ def test_training_into_an_existing_directory_is_refused(split, tmp_path: Path) -
 
     with pytest.raises(FileExistsError):
         train_to_directory(quick(), *split, tmp_path / "taken")
+
+
+def test_search_tries_configurations_within_its_budget_and_keeps_the_best(
+    split, tiny_bert: str, tmp_path: Path
+) -> None:
+    # given: trials of a tiny BERT take a few seconds each
+    config = quick(base_model=tiny_bert, quantize=False)
+
+    # when
+    metrics = train_to_directory(config, *split, tmp_path / "best", search_minutes=1)
+
+    # then
+    trials = metrics["search"]["trials"]
+    assert 2 <= trials <= len(search_space(config))
+    assert [p.name for p in tmp_path.iterdir()] == ["best"]  # losing trials are removed
+    best = json.loads((tmp_path / "best" / "metrics.json").read_text())
+    assert best["validation"] == metrics["validation"]
+
+
+def test_search_space_starts_with_the_given_config_and_varies_lora_rank() -> None:
+    full = search_space(TrainConfig())
+    lora = search_space(TrainConfig(lora=True))
+
+    assert full[0] == TrainConfig()
+    assert {c.lr for c in full} >= {5e-5, 8e-5, 1.2e-4}
+    assert {c.lora_rank for c in lora} == {8, 16, 32}
+    assert len(set(map(repr, lora))) == len(lora)
