@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.db.models import Count, QuerySet
-from django.http import HttpRequest
+from django.core.exceptions import PermissionDenied
+from django.db.models import Case, Count, QuerySet, When
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import path
 
-from chatbot import learning, tasks
+from chatbot import learning, services, tasks
 from chatbot.models import (
     AnswerTemplate,
     Conversation,
@@ -68,8 +71,63 @@ class ConversationAdmin(DistinctSearchMixin, admin.ModelAdmin):
     readonly_fields = ("public_id", "started_at", "last_activity_at", "session_key", "user_agent")
     inlines = [MessageInline]
 
+    actions = ["hand_back_to_bot", "close_conversations"]
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
-        return super().get_queryset(request).annotate(_messages=Count("messages"))
+        # Conversations waiting for a person come first.
+        waiting = Case(When(status=Conversation.Status.NEEDS_HUMAN, then=0), default=1)
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(_messages=Count("messages"), _waiting=waiting)
+            .order_by("_waiting", "-last_activity_at")
+        )
+
+    def get_urls(self):
+        own = [
+            path(
+                "<path:object_id>/reply/",
+                self.admin_site.admin_view(self.reply_view),
+                name="chatbot_conversation_reply",
+            ),
+            path(
+                "<path:object_id>/hand-back/",
+                self.admin_site.admin_view(self.hand_back_view),
+                name="chatbot_conversation_hand_back",
+            ),
+        ]
+        return own + super().get_urls()
+
+    def reply_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        conversation = get_object_or_404(Conversation, pk=object_id)
+        if request.method != "POST" or not self.has_change_permission(request, conversation):
+            raise PermissionDenied
+        try:
+            services.staff_reply_send(
+                conversation=conversation, text=request.POST.get("staff_reply", "")
+            )
+        except ValueError as error:
+            self.message_user(request, str(error), messages.ERROR)
+        else:
+            self.message_user(request, "Reply sent to the customer.", messages.SUCCESS)
+        return redirect("admin:chatbot_conversation_change", conversation.pk)
+
+    def hand_back_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        conversation = get_object_or_404(Conversation, pk=object_id)
+        if request.method != "POST" or not self.has_change_permission(request, conversation):
+            raise PermissionDenied
+        services.conversation_hand_back(conversation=conversation)
+        self.message_user(request, "The bot answers this conversation again.", messages.SUCCESS)
+        return redirect("admin:chatbot_conversation_change", conversation.pk)
+
+    @admin.action(description="Hand back to the bot")
+    def hand_back_to_bot(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:
+        for conversation in queryset.filter(status=Conversation.Status.NEEDS_HUMAN):
+            services.conversation_hand_back(conversation=conversation)
+
+    @admin.action(description="Close the conversations")
+    def close_conversations(self, request: HttpRequest, queryset: QuerySet[Conversation]):
+        queryset.update(status=Conversation.Status.CLOSED)
 
     @admin.display(description="Conversation", ordering="public_id")
     def short_id(self, obj: Conversation) -> str:

@@ -2,15 +2,22 @@
 
 The live intent model names the intent (calibrated probabilities); without one, the intent of
 the nearest curated examples does (sentence embeddings from the base BERT, searched with FAISS).
-The answer is the template of that intent closest to the message.
+The model version's policy then answers (with that intent's template closest to the message),
+asks to clarify between the top intents (offering each one's closest known phrasing as a quick
+reply), or says the question is out of scope. Asking for a person hands the conversation off.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from django.conf import settings
 
 from chatbot.runtime import Runtime, get_runtime
+from training.policy import ANSWER, CLARIFY
+
+HANDOFF = "handoff"
 
 
 class AgentUnavailable(Exception):
@@ -35,11 +42,14 @@ class AgentReply:
     suggestions: tuple[str, ...]
     index_version: str
     model_version: str = ""
+    nearest_example_similarity: float | None = None
+    # (intent, label) pairs offered as quick replies by a clarifying question.
+    choices: tuple[tuple[str, str], ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def handoff(self) -> bool:
-        return self.decision == "handoff"
+        return self.decision == HANDOFF
 
 
 def rank_intents(hits, limit: int = 3) -> list[IntentScore]:
@@ -51,11 +61,24 @@ def rank_intents(hits, limit: int = 3) -> list[IntentScore]:
     return [IntentScore(intent, round(score, 4)) for intent, score in ranked[:limit]]
 
 
-class Agent:
-    def __init__(self, runtime: Runtime | None = None) -> None:
-        self.runtime = runtime or get_runtime()
+CLARIFY_TEXT = "I want to be sure I help with the right thing. Which of these is closest?"
+OUT_OF_SCOPE_TEXT = (
+    "Sorry, that is outside what I can help with here. I can answer questions about the "
+    "topics I know, or pass you to a person on our team."
+)
+HANDOFF_TEXT = "I'm passing you to a person on our team; they will reply here shortly."
+HANDOFF_AFTER_FAILURES_TEXT = (
+    "I'm sorry I couldn't help. I'm passing you to a person on our team; they will reply here."
+)
 
-    async def respond(self, text: str) -> AgentReply:
+
+class Agent:
+    def __init__(self, runtime: Runtime | None = None, *, handoff_intent: str = "") -> None:
+        self.runtime = runtime or get_runtime()
+        self.handoff_intent = handoff_intent or settings.CHATBOT_HANDOFF_INTENT
+
+    async def respond(self, text: str, *, chosen_intent: str = "") -> AgentReply:
+        """Decide the reply to `text`; `chosen_intent` answers a clarifying question's choice."""
         started = time.perf_counter()
         batched = await self.runtime.analyse(text)
         analysis = batched.value
@@ -66,28 +89,62 @@ class Agent:
             ranked = [IntentScore(i, round(p, 4)) for i, p in analysis.prediction.top_k]
         else:
             ranked = rank_intents(analysis.example_hits)
-        top = ranked[0]
-        retrieve_started = time.perf_counter()
-        templates = index.search_templates(analysis.vector[None, :], 1, intent=top.intent)[0]
-        if not templates:
-            raise AgentUnavailable(f"Intent {top.intent!r} has no active answer template.")
-        template = templates[0]
+        similarity = analysis.example_hits[0].score
+        if chosen_intent:
+            decision, intent = ANSWER, chosen_intent
+        else:
+            decision, intent = analysis.policy.decide(ranked[0].score, similarity), ranked[0].intent
+        vector = analysis.vector[None, :]
+        policy_started = time.perf_counter()
+        template = None
+        choices: tuple[tuple[str, str], ...] = ()
+        if decision == ANSWER:
+            templates = index.search_templates(vector, 1, intent=intent)[0]
+            if not templates:
+                raise AgentUnavailable(f"Intent {intent!r} has no active answer template.")
+            template = templates[0]
+            reply_text, suggestions = template.text, template.suggestions
+            if intent == self.handoff_intent:
+                decision = HANDOFF
+        elif decision == CLARIFY:
+            choices = self._choices(index, vector, [r.intent for r in ranked[:3]])
+            reply_text, suggestions = CLARIFY_TEXT, tuple(label for _, label in choices)
+        else:
+            handoff = self._choices(index, vector, [self.handoff_intent])
+            reply_text, suggestions = OUT_OF_SCOPE_TEXT, tuple(label for _, label in handoff)
         return AgentReply(
-            text=template.text,
-            decision="answer",
-            intent=top.intent,
-            confidence=top.score,
+            text=reply_text,
+            decision=decision,
+            intent=intent if decision in (ANSWER, HANDOFF) else ranked[0].intent,
+            confidence=ranked[0].score if not chosen_intent else 1.0,
             alternatives=tuple(ranked),
-            template_id=template.id,
-            template_similarity=round(template.score, 4),
-            suggestions=template.suggestions,
+            template_id=template.id if template else None,
+            template_similarity=round(template.score, 4) if template else None,
+            suggestions=suggestions,
             index_version=index.version,
             model_version=analysis.model_version,
+            nearest_example_similarity=round(similarity, 4),
+            choices=choices,
             timings={
                 "queue_ms": round(batched.queue_ms, 2),
                 "analyse_ms": round(batched.run_ms, 2),
                 "batch_size": batched.batch_size,
-                "template_ms": round((time.perf_counter() - retrieve_started) * 1000, 2),
+                "policy_ms": round((time.perf_counter() - policy_started) * 1000, 2),
                 "agent_ms": round((time.perf_counter() - started) * 1000, 2),
             },
         )
+
+    @staticmethod
+    def _choices(index, vector, intents: list[str]) -> tuple[tuple[str, str], ...]:
+        """For each intent, its known phrasing closest to the message, as a quick reply."""
+        choices = []
+        for intent in intents:
+            hits = index.search_examples(vector, 1, intent=intent)[0]
+            if hits:
+                choices.append((intent, hits[0].text))
+        return tuple(choices)
+
+
+def handoff_after_failures(reply: AgentReply) -> AgentReply:
+    """The reply turned into a hand-off, when the customer has been getting nowhere."""
+    return replace(reply, text=HANDOFF_AFTER_FAILURES_TEXT, decision=HANDOFF, suggestions=())

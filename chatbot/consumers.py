@@ -16,6 +16,7 @@ from chatbot import protocol, selectors, services
 from chatbot.agent import Agent, AgentUnavailable
 from chatbot.models import Conversation
 from chatbot.runtime import get_runtime
+from chatbot.services import conversation_group
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             visitor=query.get("visitor", [""])[0],
             user_agent=headers.get(b"user-agent", b"").decode("latin1"),
         )
+        # Messages from the support team reach every open tab of the conversation, on whichever
+        # server process it is connected to (a Channels group; Redis across processes).
+        self.group = conversation_group(self.conversation.public_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         get_runtime().warm_up()
         history = await database_sync_to_async(selectors.conversation_history)(
@@ -45,6 +50,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "messages": [protocol.message_frame(m) for m in history],
             }
         )
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def conversation_message(self, event: dict[str, Any]) -> None:
+        """A message for the customer from the support team (sent to the group)."""
+        await self.send_json(event["frame"])
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         received_at = time.perf_counter()

@@ -133,12 +133,17 @@ class Message(models.Model):
     )
     confidence = models.FloatField(null=True, blank=True)
     top_k = models.JSONField(
-        default=list, blank=True, help_text='Alternatives: [{"intent": ..., "score": ...}]'
+        default=list,
+        blank=True,
+        help_text='Alternatives: [{"intent": ..., "score": ..., "label": offered quick reply}]',
     )
     template = models.ForeignKey(
         AnswerTemplate, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     template_similarity = models.FloatField(null=True, blank=True)
+    nearest_similarity = models.FloatField(
+        null=True, blank=True, help_text="Cosine similarity of the nearest known example."
+    )
     suggestions = models.JSONField(default=list, blank=True)
     model_version = models.ForeignKey(
         ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

@@ -22,6 +22,7 @@ from django.conf import settings
 from chatbot.batching import Batched, MicroBatcher
 from retrieval.index import Hit, KnowledgeIndex
 from retrieval.store import VersionStore
+from training.policy import ANSWER_ALL, Policy
 
 if TYPE_CHECKING:
     from training.inference import IntentClassifier, Prediction
@@ -40,6 +41,7 @@ class Analysis:
     index: KnowledgeIndex | None
     prediction: Prediction | None = None
     model_version: str = ""
+    policy: Policy = ANSWER_ALL
 
 
 class Runtime:
@@ -112,8 +114,13 @@ class Runtime:
             if index is not None
             else [[] for _ in texts]
         )
+        policy = (
+            Policy.from_dict(classifier.thresholds["policy"])
+            if classifier and "policy" in classifier.thresholds
+            else ANSWER_ALL
+        )
         return [
-            Analysis(vector, hit, index, prediction, model_version)
+            Analysis(vector, hit, index, prediction, model_version, policy)
             for vector, hit, prediction in zip(vectors, hits, predictions, strict=True)
         ]
 

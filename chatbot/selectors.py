@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from django.conf import settings
 
 from chatbot.models import Conversation, Message, ModelVersion
@@ -29,3 +31,35 @@ def model_version_id(*, name: str) -> int | None:
         return None
     directory = str(get_runtime().models.path(name))
     return ModelVersion.objects.filter(directory=directory).values_list("pk", flat=True).first()
+
+
+FAILED_DECISIONS = (Message.Decision.CLARIFY, Message.Decision.OUT_OF_SCOPE)
+
+
+@dataclass(frozen=True)
+class TurnContext:
+    """What the agent needs to know about a conversation before answering its next message."""
+
+    status: str
+    failures_in_a_row: int = 0
+    # Quick replies the last clarifying question offered: label (lower case) -> intent.
+    offered: dict[str, str] = field(default_factory=dict)
+
+
+def turn_context(*, message: Message, lookback: int = 10) -> TurnContext:
+    status = Conversation.objects.values_list("status", flat=True).get(pk=message.conversation_id)
+    earlier = list(
+        Message.objects.filter(conversation_id=message.conversation_id, role=Message.Role.BOT)
+        .exclude(in_reply_to=message)
+        .order_by("-created_at", "-id")
+        .values_list("decision", "top_k")[:lookback]
+    )
+    failures = 0
+    for decision, _ in earlier:
+        if decision not in FAILED_DECISIONS:
+            break
+        failures += 1
+    offered = {}
+    if earlier and earlier[0][0] == Message.Decision.CLARIFY:
+        offered = {a["label"].lower(): a["intent"] for a in earlier[0][1] if a.get("label")}
+    return TurnContext(status=status, failures_in_a_row=failures, offered=offered)

@@ -7,11 +7,12 @@ import logging
 import time
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from chatbot import selectors
-from chatbot.agent import Agent, AgentReply
+from chatbot import protocol, selectors
+from chatbot.agent import Agent, AgentReply, handoff_after_failures
 from chatbot.models import AnswerTemplate, Conversation, Intent, Message
 
 logger = logging.getLogger(__name__)
@@ -70,8 +71,13 @@ def bot_reply_store(*, customer_message: Message, reply: AgentReply, latency_ms:
         AnswerTemplate.objects.filter(pk=reply.template_id).values_list("pk", flat=True).first()
     )
     model_version_id = selectors.model_version_id(name=reply.model_version)
+    labels = dict(reply.choices)
     try:
         with transaction.atomic():
+            if reply.handoff:
+                Conversation.objects.filter(pk=customer_message.conversation_id).update(
+                    status=Conversation.Status.NEEDS_HUMAN
+                )
             return Message.objects.create(
                 conversation_id=customer_message.conversation_id,
                 role=Message.Role.BOT,
@@ -80,7 +86,12 @@ def bot_reply_store(*, customer_message: Message, reply: AgentReply, latency_ms:
                 decision=reply.decision,
                 intent=intent,
                 confidence=reply.confidence,
-                top_k=[{"intent": a.intent, "score": a.score} for a in reply.alternatives],
+                top_k=[
+                    {"intent": a.intent, "score": a.score}
+                    | ({"label": labels[a.intent]} if a.intent in labels else {})
+                    for a in reply.alternatives
+                ],
+                nearest_similarity=reply.nearest_example_similarity,
                 template_id=template_id,
                 template_similarity=reply.template_similarity,
                 suggestions=list(reply.suggestions),
@@ -97,9 +108,23 @@ def bot_reply_store(*, customer_message: Message, reply: AgentReply, latency_ms:
         return existing
 
 
-async def bot_turn(*, customer_message: Message, received_at: float, agent: Agent) -> Message:
-    """Ask the agent about a stored customer message and store its reply."""
-    reply = await agent.respond(customer_message.text)
+async def bot_turn(
+    *, customer_message: Message, received_at: float, agent: Agent
+) -> Message | None:
+    """Ask the agent about a stored customer message and store its reply.
+
+    None when the bot must not answer: a person on the team has the conversation.
+    """
+    context = await database_sync_to_async(selectors.turn_context)(message=customer_message)
+    if context.status != Conversation.Status.BOT:
+        return None
+    chosen = context.offered.get(customer_message.text.strip().lower(), "")
+    reply = await agent.respond(customer_message.text, chosen_intent=chosen)
+    if (
+        reply.decision in selectors.FAILED_DECISIONS
+        and context.failures_in_a_row + 1 >= settings.CHATBOT_HANDOFF_AFTER_FAILURES
+    ):
+        reply = handoff_after_failures(reply)
     latency_ms = (time.perf_counter() - received_at) * 1000
     return await database_sync_to_async(bot_reply_store)(
         customer_message=customer_message, reply=reply, latency_ms=latency_ms
@@ -113,4 +138,50 @@ async def reply_wait(*, customer_message: Message, timeout_s: float = DUPLICATE_
         reply = await database_sync_to_async(selectors.reply_to)(message_id=customer_message.pk)
         if reply is not None or time.monotonic() > deadline:
             return reply
+        context = await database_sync_to_async(selectors.turn_context)(message=customer_message)
+        if context.status != Conversation.Status.BOT:
+            return None  # a person has it: no bot reply is coming
         await asyncio.sleep(0.1)
+
+
+def conversation_group(public_id) -> str:
+    """The Channels group of a conversation's open connections."""
+    return f"conversation.{public_id}"
+
+
+def _broadcast(conversation: Conversation, message: Message) -> None:
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    frame = {"type": "message", **protocol.message_frame(message)}
+    async_to_sync(get_channel_layer().group_send)(
+        conversation_group(conversation.public_id), {"type": "conversation.message", "frame": frame}
+    )
+
+
+@transaction.atomic
+def staff_reply_send(*, conversation: Conversation, text: str) -> Message:
+    """A person on the support team writes to the customer; it reaches the open widget live."""
+    text = text.strip()
+    if not text:
+        raise ValueError("The reply is empty.")
+    message = Message.objects.create(conversation=conversation, role=Message.Role.AGENT, text=text)
+    Conversation.objects.filter(pk=conversation.pk).update(
+        status=Conversation.Status.NEEDS_HUMAN, last_activity_at=timezone.now()
+    )
+    transaction.on_commit(lambda: _broadcast(conversation, message))
+    return message
+
+
+HAND_BACK_TEXT = "You're chatting with our assistant again. Ask me anything."
+
+
+@transaction.atomic
+def conversation_hand_back(*, conversation: Conversation) -> Message:
+    """The support team gives the conversation back to the bot, and the customer is told."""
+    Conversation.objects.filter(pk=conversation.pk).update(status=Conversation.Status.BOT)
+    message = Message.objects.create(
+        conversation=conversation, role=Message.Role.SYSTEM, text=HAND_BACK_TEXT
+    )
+    transaction.on_commit(lambda: _broadcast(conversation, message))
+    return message

@@ -195,6 +195,10 @@ CHATBOT_MAX_MESSAGE_CHARS = int(env("CHATBOT_MAX_MESSAGE_CHARS", "2000"))
 # Micro-batching: requests arriving within this window share one forward pass.
 CHATBOT_BATCH_WAIT_MS = float(env("CHATBOT_BATCH_WAIT_MS", "3"))
 CHATBOT_BATCH_MAX_SIZE = int(env("CHATBOT_BATCH_MAX_SIZE", "32"))
+# The intent that means "let me talk to a person", and how many clarify / out-of-scope replies
+# in a row hand a conversation to the support team.
+CHATBOT_HANDOFF_INTENT = env("CHATBOT_HANDOFF_INTENT", "talk_to_human")
+CHATBOT_HANDOFF_AFTER_FAILURES = int(env("CHATBOT_HANDOFF_AFTER_FAILURES", "3"))
 # How many past messages a reconnecting widget receives.
 CHATBOT_HISTORY_LIMIT = int(env("CHATBOT_HISTORY_LIMIT", "200"))
 # Optional helper; off without a key.

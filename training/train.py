@@ -29,6 +29,7 @@ from training.data import (
     check_training_data,
 )
 from training.evaluate import compute_metrics, plot_confusion
+from training.policy import decision_shares, fit_policy
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +170,15 @@ def _parameter_groups(model, config: TrainConfig):
     ]
 
 
+def _nearest_similarity(queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each query to its nearest key."""
+    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(min=1e-9)
+    keys = keys / np.linalg.norm(keys, axis=1, keepdims=True).clip(min=1e-9)
+    return np.concatenate(
+        [(queries[i : i + 1024] @ keys.T).max(axis=1) for i in range(0, len(queries), 1024)]
+    )
+
+
 def _state(model) -> dict:
     """A copy of the weights, off the device (the best epoch so far)."""
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -232,11 +242,13 @@ def train(
     y_train = np.array([label2id[e.label] for e in train_examples])
     y_val = np.array([label2id[e.label] for e in val_examples])
 
-    # 1. Linear probe on frozen embeddings, copied into the head.
+    # 1. Frozen embeddings: the linear probe copied into the head, and each validation
+    #    message's similarity to its nearest training example (for the out-of-scope policy).
     report(0.02, "linear probe")
+    features = run_model(model, train_batcher, device, embed=True)
+    nearest = _nearest_similarity(run_model(model, val_batcher, device, embed=True), features)
     probe_scores = None
     if config.probe_init:
-        features = run_model(model, train_batcher, device, embed=True)
         weight, bias = fit_probe(features, y_train, len(label2id))
         with torch.no_grad():
             model.head.weight.copy_(torch.from_numpy(weight))
@@ -328,6 +340,9 @@ def train(
         [id2label[i] for i in probs.argmax(axis=1)],
         probs.max(axis=1),
     )
+    correct = probs.argmax(axis=1) == y_val
+    policy = fit_policy(probs.max(axis=1), correct, nearest)
+    decisions = [policy.decide(c, s) for c, s in zip(probs.max(axis=1), nearest, strict=True)]
     kind = "lora" if config.lora else "full"
     meta = {
         "kind": kind,
@@ -342,7 +357,7 @@ def train(
     save_model(model, tokenizer, out_dir, meta=meta)
     int8 = _int8_check(out_dir, val_batcher, y_val, val_scores["accuracy"], config)
 
-    thresholds = {"temperature": temperature, "int8": int8["use"]}
+    thresholds = {"temperature": temperature, "int8": int8["use"], "policy": policy.to_dict()}
     summary = {
         "kind": kind,
         "base_model": base_model,
@@ -356,6 +371,7 @@ def train(
         },
         "int8": int8,
         "temperature": temperature,
+        "policy": {**policy.to_dict(), "validation_decisions": decision_shares(decisions)},
         "best_epoch": best_epoch,
         "history": history,
         "train_seconds": round(train_seconds, 1),

@@ -280,11 +280,11 @@ async def test_an_unexpected_failure_is_reported_and_the_chat_goes_on(monkeypatc
     real_respond = Agent.respond
     calls = {"n": 0}
 
-    async def failing_once(self, text):
+    async def failing_once(self, text, **options):
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("injected failure")
-        return await real_respond(self, text)
+        return await real_respond(self, text, **options)
 
     monkeypatch.setattr(Agent, "respond", failing_once)
     communicator, history = await open_chat()
