@@ -74,14 +74,12 @@ class ConversationAdmin(DistinctSearchMixin, admin.ModelAdmin):
     actions = ["hand_back_to_bot", "close_conversations"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
-        # Conversations waiting for a person come first.
+        return super().get_queryset(request).annotate(_messages=Count("messages"))
+
+    def get_ordering(self, request: HttpRequest) -> list:
+        """Conversations waiting for a person first, then the most recently active."""
         waiting = Case(When(status=Conversation.Status.NEEDS_HUMAN, then=0), default=1)
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(_messages=Count("messages"), _waiting=waiting)
-            .order_by("_waiting", "-last_activity_at")
-        )
+        return [waiting.asc(), "-last_activity_at"]
 
     def get_urls(self):
         own = [

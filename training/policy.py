@@ -2,13 +2,13 @@
 
 Thresholds are chosen on validation data and saved with each model version, never hand-picked:
 
-- answer when the calibrated top probability reaches `answer`, the lowest threshold at which the
-  validation messages above it are answered with at least the target accuracy;
 - out of scope when the top probability is below `oos_confidence` *and* the nearest known example
   is less similar than `oos_similarity`. A new company has no out-of-scope examples, so without
   them both are set so that at most `max_in_scope_decline` of the (in-scope) validation messages
   would be declined; with out-of-scope examples they are chosen to catch as many as possible
   within the same limit;
+- otherwise answer when the calibrated top probability reaches `answer`, the lowest threshold at
+  which the validation messages above it are answered with at least the target accuracy;
 - otherwise ask to clarify between the top candidates.
 """
 
@@ -30,10 +30,10 @@ class Policy:
     oos_similarity: float  # ... and no known example is at least this similar
 
     def decide(self, confidence: float, similarity: float) -> str:
-        if confidence >= self.answer:
-            return ANSWER
         if confidence < self.oos_confidence and similarity < self.oos_similarity:
             return OUT_OF_SCOPE
+        if confidence >= self.answer:
+            return ANSWER
         return CLARIFY
 
     def to_dict(self) -> dict:

@@ -1,0 +1,141 @@
+"""Each branch of the policy over a real WebSocket, on the real demo model with set thresholds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+
+from chatbot.learning import model_promote
+from chatbot.models import Conversation, Message, ModelVersion
+from chatbot.runtime import get_runtime
+from tests.chatbot.test_agent_model import demo_model  # noqa: F401 - session fixture
+from tests.chatbot.test_consumer import open_chat, send_message
+
+
+@pytest.fixture
+def live_policy(knowledge_base, demo_model) -> Iterator[Callable[..., ModelVersion]]:  # noqa: F811
+    """Make a copy of the demo model live with the given policy thresholds."""
+    store = get_runtime().models
+
+    def make(**policy: float) -> ModelVersion:
+        directory, metrics = demo_model
+        copy = store.root / f"{directory.name}-{len(list(store.root.iterdir()))}"
+        shutil.copytree(directory, copy)
+        thresholds = json.loads((copy / "thresholds.json").read_text())
+        thresholds["policy"] = policy
+        (copy / "thresholds.json").write_text(json.dumps(thresholds))
+        version = ModelVersion.objects.create(
+            directory=str(copy), base_model=metrics["base_model"], kind="full", metrics=metrics
+        )
+        model_promote(model_version=version)
+        return version
+
+    yield make
+    store.clear_live()
+
+
+async def test_an_unsure_bot_asks_to_clarify_and_a_choice_gets_that_answer(live_policy) -> None:
+    # given: a policy that never answers on its own
+    await database_sync_to_async(live_policy)(answer=1.01, oos_confidence=0.0, oos_similarity=0.0)
+    communicator, _ = await open_chat()
+
+    # when
+    question = await send_message(communicator, "my refund for the returned lamp", "c-1")
+
+    # then
+    assert question["decision"] == "clarify"
+    assert 2 <= len(question["suggestions"]) <= 3
+    bot = await Message.objects.aget(role="bot")
+    offered = {alt["label"]: alt["intent"] for alt in bot.top_k if "label" in alt}
+    assert list(offered) == question["suggestions"]
+
+    # when: the customer picks the second choice
+    label = question["suggestions"][1]
+    answer = await send_message(communicator, label, "c-2")
+
+    # then
+    assert answer["decision"] == "answer"
+    assert answer["intent"] == offered[label]
+    await communicator.disconnect()
+
+
+async def test_out_of_scope_then_repeated_failures_hand_off_to_a_person(live_policy) -> None:
+    # given: a policy that declines everything
+    await database_sync_to_async(live_policy)(answer=1.01, oos_confidence=1.01, oos_similarity=1.01)
+    communicator, history = await open_chat()
+
+    # when
+    first = await send_message(communicator, "what is the capital of peru", "o-1")
+    second = await send_message(communicator, "who won the match yesterday", "o-2")
+    third = await send_message(communicator, "tell me a joke", "o-3")
+
+    # then
+    assert (first["decision"], second["decision"]) == ("out_of_scope", "out_of_scope")
+    assert first["handoff"] is False and first["suggestions"]
+    assert third["decision"] == "handoff" and third["handoff"] is True
+    conversation = await Conversation.objects.aget(public_id=history["conversation"])
+    assert conversation.status == Conversation.Status.NEEDS_HUMAN
+    await communicator.disconnect()
+
+
+async def test_a_handed_off_chat_gets_no_bot_answers_and_staff_replies_arrive_live(
+    live_policy, admin_client
+) -> None:
+    # given: a customer asks for a person
+    await database_sync_to_async(live_policy)(answer=0.0, oos_confidence=0.0, oos_similarity=0.0)
+    communicator, history = await open_chat()
+    handoff = await send_message(communicator, "I want to talk to a real person", "h-1")
+    assert handoff["decision"] == "handoff" and handoff["intent"] == "talk_to_human"
+    conversation = await Conversation.objects.aget(public_id=history["conversation"])
+    assert conversation.status == Conversation.Status.NEEDS_HUMAN
+
+    # when: the customer writes again
+    await communicator.send_json_to({"type": "message", "text": "hello??", "id": "h-2"})
+    ack = await communicator.receive_json_from(timeout=10)
+
+    # then: stored, acknowledged, and the bot stays quiet
+    assert ack["type"] == "ack"
+    assert await communicator.receive_nothing(timeout=1.5)
+    assert not await Message.objects.filter(in_reply_to__client_message_id="h-2").aexists()
+
+    # when: a support admin replies from Django admin
+    post = sync_to_async(admin_client.post)
+    page = await post(
+        f"/admin/chatbot/conversation/{conversation.pk}/reply/",
+        {"staff_reply": "Hi, this is Sam from support. How can I help?"},
+    )
+
+    # then: the reply reaches the open WebSocket, stored with role agent
+    assert page.status_code == 302
+    live = await communicator.receive_json_from(timeout=10)
+    assert (live["type"], live["role"], live["text"]) == (
+        "message",
+        "agent",
+        "Hi, this is Sam from support. How can I help?",
+    )
+    assert await Message.objects.filter(role="agent", conversation=conversation).acount() == 1
+
+    # when: the admin hands the conversation back to the bot
+    await post(f"/admin/chatbot/conversation/{conversation.pk}/hand-back/")
+    note = await communicator.receive_json_from(timeout=10)
+    answer = await send_message(communicator, "what are your opening hours?", "h-3")
+
+    # then
+    assert note["role"] == "system"
+    assert answer["decision"] == "answer" and answer["intent"] == "opening_hours"
+    await communicator.disconnect()
+
+
+def test_handed_off_conversations_come_first_in_admin(admin_client, knowledge_base) -> None:
+    Conversation.objects.create(status=Conversation.Status.BOT)
+    waiting = Conversation.objects.create(status=Conversation.Status.NEEDS_HUMAN)
+    Conversation.objects.create(status=Conversation.Status.BOT)
+
+    page = admin_client.get("/admin/chatbot/conversation/")
+
+    assert next(iter(page.context["cl"].result_list)).pk == waiting.pk
