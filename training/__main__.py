@@ -109,19 +109,27 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from training.data import check_known_labels, load_csv
-    from training.evaluate import compute_metrics
+    from training.evaluate import compute_metrics, policy_metrics
     from training.inference import IntentClassifier
+    from training.policy import OUT_OF_SCOPE
 
     examples = load_csv(args.csv, text_col=args.text_col, label_col=args.label_col)
     classifier = IntentClassifier.from_dir(args.model, int8=False if args.fp32 else None)
     known = {label: i for i, label in enumerate(classifier.labels)}
     check_known_labels([e for e in examples if e.label != args.oos_label], known)
-    predictions = classifier.predict([e.text for e in examples])
+    gold = [e.label for e in examples]
+    decisions = classifier.decide([e.text for e in examples])
+    predicted = [d.prediction.intent for d in decisions]
+    if args.oos_label:
+        # A message the policy declines counts as an out-of-scope prediction.
+        predicted = [
+            args.oos_label if d.decision == OUT_OF_SCOPE else d.prediction.intent for d in decisions
+        ]
     metrics = compute_metrics(
-        [e.label for e in examples],
-        [p.intent for p in predictions],
-        [p.confidence for p in predictions],
-        oos_label=args.oos_label,
+        gold, predicted, [d.prediction.confidence for d in decisions], oos_label=args.oos_label
+    )
+    metrics["policy"] = policy_metrics(
+        gold, [d.prediction.intent for d in decisions], [d.decision for d in decisions]
     )
     metrics["model"] = str(args.model)
     metrics["int8"] = classifier.int8
@@ -133,6 +141,11 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"out of scope ({oos['n_oos']} rows): recall {oos['recall']:.4f}, "
             f"precision {oos['precision']:.4f}; in-scope accuracy {oos['in_scope_accuracy']:.4f}"
         )
+    shares = metrics["policy"]["shares"]
+    print(
+        f"answered {shares['answer']:.1%} (accuracy {metrics['policy']['answered_accuracy']:.4f}), "
+        f"clarified {shares['clarify']:.1%}, declined {shares['out_of_scope']:.1%}"
+    )
     if args.json:
         print(json.dumps(metrics))
     return 0

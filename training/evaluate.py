@@ -101,3 +101,16 @@ def plot_confusion(metrics: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def policy_metrics(gold: Sequence[str], predicted: Sequence[str], decisions: Sequence[str]) -> dict:
+    """Shares answered / clarified / declined, and the accuracy of what was answered."""
+    from training.policy import ANSWER, decision_shares
+
+    answered = np.asarray(decisions) == ANSWER
+    correct = np.asarray(gold, dtype=object) == np.asarray(predicted, dtype=object)
+    return {
+        "shares": decision_shares(list(decisions)),
+        "coverage": float(answered.mean()) if len(answered) else 0.0,
+        "answered_accuracy": float(correct[answered].mean()) if answered.any() else 0.0,
+    }

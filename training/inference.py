@@ -14,6 +14,13 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Decision:
+    prediction: Prediction
+    similarity: float  # to the nearest training example (frozen base encoder)
+    decision: str  # answer | clarify | out_of_scope
+
+
+@dataclass(frozen=True)
 class Prediction:
     intent: str
     confidence: float  # calibrated probability of `intent`
@@ -49,6 +56,9 @@ class IntentClassifier:
         self.temperature = float(thresholds.get("temperature", 1.0))
         self.device = device
         self.int8 = int8
+        self.path: Path | None = None
+        self._base_encoder = None
+        self._neighbours: np.ndarray | None = None
 
     @classmethod
     def from_dir(
@@ -70,7 +80,9 @@ class IntentClassifier:
             model = quantize_int8(model)
         tokenizer = AutoTokenizer.from_pretrained(path)
         logger.info("Loaded intent model %s on %s (int8: %s)", path, device, int8)
-        return cls(model, tokenizer, meta, thresholds, device=device, int8=int8)
+        classifier = cls(model, tokenizer, meta, thresholds, device=device, int8=int8)
+        classifier.path = path
+        return classifier
 
     def logits(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
         from training.train import Batcher, run_model
@@ -95,3 +107,38 @@ class IntentClassifier:
             top = tuple((self.labels[i], float(row[i])) for i in best)
             predictions.append(Prediction(top[0][0], top[0][1], top))
         return predictions
+
+    def nearest_similarity(self, texts: Sequence[str]) -> np.ndarray:
+        """Cosine similarity of each text to its nearest training example, by the base encoder."""
+        from retrieval.encoder import SentenceEncoder
+        from training.train import NEIGHBOURS_FILE
+
+        if self._neighbours is None:
+            self._base_encoder = SentenceEncoder.from_pretrained(
+                self.meta["base_model"], device=self.device
+            )
+            self._neighbours = np.load(self.path / NEIGHBOURS_FILE).astype(np.float32)
+            self._neighbours /= np.linalg.norm(self._neighbours, axis=1, keepdims=True)
+        vectors = self._base_encoder.encode(list(texts))
+        return np.concatenate(
+            [
+                (vectors[i : i + 512] @ self._neighbours.T).max(axis=1)
+                for i in range(0, len(vectors), 512)
+            ]
+        )
+
+    def decide(self, texts: Sequence[str]) -> list[Decision]:
+        """Predictions with the policy's decision, as the chat would take it."""
+        from training.policy import ANSWER_ALL, Policy
+
+        policy = (
+            Policy.from_dict(self.thresholds["policy"])
+            if "policy" in self.thresholds
+            else ANSWER_ALL
+        )
+        predictions = self.predict(texts)
+        similarity = self.nearest_similarity(texts)
+        return [
+            Decision(p, float(s), policy.decide(p.confidence, float(s)))
+            for p, s in zip(predictions, similarity, strict=True)
+        ]

@@ -34,6 +34,7 @@ from training.policy import decision_shares, fit_policy
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]
+NEIGHBOURS_FILE = "neighbours.npy"
 
 
 @dataclass(frozen=True)
@@ -355,6 +356,8 @@ def train(
     from training.model import save_model
 
     save_model(model, tokenizer, out_dir, meta=meta)
+    # Frozen embeddings of the training examples, for the out-of-scope similarity at evaluation.
+    np.save(out_dir / NEIGHBOURS_FILE, features.astype(np.float16))
     int8 = _int8_check(out_dir, val_batcher, y_val, val_scores["accuracy"], config)
 
     thresholds = {"temperature": temperature, "int8": int8["use"], "policy": policy.to_dict()}

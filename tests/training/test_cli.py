@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from training.data import Example
 
 
@@ -45,7 +47,9 @@ def test_train_then_evaluate_prints_metrics_as_json_on_the_last_line(
     assert metrics["n"] == 8
     assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["macro_f1"] <= 1
     assert metrics["oos"]["n_oos"] == 2
-    assert metrics["oos"]["recall"] == 0.0  # a model without an oos class never declines
+    assert 0.0 <= metrics["oos"]["recall"] <= 1.0  # declined by the policy
+    assert sum(metrics["policy"]["shares"].values()) == pytest.approx(1.0)
+    assert 0.0 <= metrics["policy"]["coverage"] <= 1.0
     assert {"per_intent", "confusion", "confidence_histogram"} <= metrics.keys()
 
 

@@ -1,0 +1,136 @@
+"""BANKING77 benchmark of the decision policy: answered accuracy vs coverage, and out of scope.
+
+    .venv/bin/python benchmarks/policy_banking77.py [--data ../shared/data/banking77] [--json F]
+
+(1) Trains the default full fine-tune on train.csv (stratified 10% validation split) and reports,
+on test.csv, the accuracy of the messages the bot answers at the threshold that answered 90% of
+the validation split, and the shares the fitted policy answers / clarifies / declines.
+(2) Holds out 10 whole intents (chosen by a fixed seed): trains on the other 67 with no
+out-of-scope examples, fits the policy on the in-scope validation split, and treats the held-out
+intents' test messages as out of scope: prints out-of-scope recall and how much in-scope accuracy
+the policy's declines cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.config import TrainConfig
+from training.data import load_csv, stratified_split
+from training.inference import IntentClassifier
+from training.pipeline import train_to_directory
+from training.policy import ANSWER, OUT_OF_SCOPE, coverage_threshold, decision_shares
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
+HELD_OUT = 10
+
+
+def coverage_run(train, val, test, workdir: Path) -> dict:
+    config = TrainConfig()
+    started = time.perf_counter()
+    train_to_directory(config, train, val, workdir / "all")
+    wall = time.perf_counter() - started
+    classifier = IntentClassifier.from_dir(workdir / "all")
+    val_conf = np.array([p.confidence for p in classifier.predict([e.text for e in val])])
+    threshold = coverage_threshold(val_conf, 0.90)
+    decisions = classifier.decide([e.text for e in test])
+    gold = np.array([e.label for e in test])
+    pred = np.array([d.prediction.intent for d in decisions])
+    conf = np.array([d.prediction.confidence for d in decisions])
+    answered = conf >= threshold
+    policy_answered = np.array([d.decision == ANSWER for d in decisions])
+    return {
+        "train_wall_s": round(wall, 1),
+        "test_accuracy": float((pred == gold).mean()),
+        "threshold_for_90pct_validation_coverage": threshold,
+        "test_coverage": float(answered.mean()),
+        "test_answered_accuracy": float((pred == gold)[answered].mean()),
+        "policy": classifier.thresholds["policy"],
+        "policy_test_shares": decision_shares([d.decision for d in decisions]),
+        "policy_test_answered_accuracy": float((pred == gold)[policy_answered].mean()),
+    }
+
+
+def holdout_run(examples, test, workdir: Path, seed: int) -> dict:
+    labels = sorted({e.label for e in examples})
+    held_out = set(random.Random(seed).sample(labels, HELD_OUT))
+    known = [e for e in examples if e.label not in held_out]
+    config = TrainConfig()
+    train, val = stratified_split(known, val_fraction=config.val_fraction, seed=config.seed)
+    train_to_directory(config, train, val, workdir / "holdout")
+    classifier = IntentClassifier.from_dir(workdir / "holdout")
+    decisions = classifier.decide([e.text for e in test])
+    is_oos = np.array([e.label in held_out for e in test])
+    gold = np.array([e.label for e in test])
+    pred = np.array([d.prediction.intent for d in decisions])
+    declined = np.array([d.decision == OUT_OF_SCOPE for d in decisions])
+    in_scope = ~is_oos
+    accuracy_without = float((pred == gold)[in_scope].mean())
+    accuracy_with = float(((pred == gold) & ~declined)[in_scope].mean())
+    return {
+        "held_out_intents": sorted(held_out),
+        "oos_test_messages": int(is_oos.sum()),
+        "oos_recall": float(declined[is_oos].mean()),
+        "oos_precision": float(is_oos[declined].mean()) if declined.any() else 0.0,
+        "in_scope_accuracy_without_policy": accuracy_without,
+        "in_scope_accuracy_with_policy": accuracy_with,
+        "in_scope_accuracy_drop_points": round(100 * (accuracy_without - accuracy_with), 2),
+        "in_scope_declined": float(declined[in_scope].mean()),
+        "policy": classifier.thresholds["policy"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--seed", type=int, default=7, help="which 10 intents are held out")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    examples = load_csv(args.data / "train.csv", label_col="category")
+    test = load_csv(args.data / "test.csv", label_col="category")
+    config = TrainConfig()
+    train, val = stratified_split(examples, val_fraction=config.val_fraction, seed=config.seed)
+    results = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        results["coverage"] = coverage_run(train, val, test, Path(workdir))
+        print(json.dumps(results["coverage"]), flush=True)
+        results["holdout"] = holdout_run(examples, test, Path(workdir), args.seed)
+        print(json.dumps(results["holdout"]), flush=True)
+    c, h = results["coverage"], results["holdout"]
+    print()
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| test accuracy (all answered) | {c['test_accuracy']:.2%} |")
+    print(f"| coverage at the 90%-validation threshold | {c['test_coverage']:.2%} |")
+    print(f"| answered accuracy there | {c['test_answered_accuracy']:.2%} |")
+    shares = c["policy_test_shares"]
+    print(
+        f"| fitted policy: answered / clarified / declined | {shares['answer']:.1%} / "
+        f"{shares['clarify']:.1%} / {shares['out_of_scope']:.1%} "
+        f"(answered accuracy {c['policy_test_answered_accuracy']:.2%}) |"
+    )
+    print(f"| out-of-scope recall, 10 held-out intents | {h['oos_recall']:.2%} |")
+    print(f"| out-of-scope precision | {h['oos_precision']:.2%} |")
+    print(
+        f"| in-scope accuracy without / with the policy | "
+        f"{h['in_scope_accuracy_without_policy']:.2%} / {h['in_scope_accuracy_with_policy']:.2%} "
+        f"(-{h['in_scope_accuracy_drop_points']:.2f} points) |"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
