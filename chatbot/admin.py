@@ -9,7 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import path
 
-from chatbot import learning, services, tasks
+from chatbot import knowledge, learning, services, tasks
 from chatbot.models import (
     AnswerTemplate,
     Conversation,
@@ -40,6 +40,26 @@ class DistinctSearchMixin:
     def get_search_results(self, request, queryset, search_term):
         results, _ = super().get_search_results(request, queryset, search_term)
         return results.distinct(), False
+
+
+class RebuildsAnswerIndex:
+    """Saving or deleting knowledge-base rows re-embeds the answer index, in the worker."""
+
+    def save_model(self, request, obj, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        knowledge.answer_index_rebuild_schedule()
+
+    def save_related(self, request, form, formsets, change) -> None:
+        super().save_related(request, form, formsets, change)
+        knowledge.answer_index_rebuild_schedule()
+
+    def delete_model(self, request, obj) -> None:
+        super().delete_model(request, obj)
+        knowledge.answer_index_rebuild_schedule()
+
+    def delete_queryset(self, request, queryset) -> None:
+        super().delete_queryset(request, queryset)
+        knowledge.answer_index_rebuild_schedule()
 
 
 class MessageInline(admin.TabularInline):
@@ -185,7 +205,7 @@ def rebuild_answer_index(modeladmin, request: HttpRequest, queryset: QuerySet) -
 
 
 @admin.register(Intent)
-class IntentAdmin(DistinctSearchMixin, admin.ModelAdmin):
+class IntentAdmin(RebuildsAnswerIndex, DistinctSearchMixin, admin.ModelAdmin):
     list_display = ("name", "active", "example_count", "template_count", "description")
     list_filter = ("active",)
     search_fields = ("name", "description", "examples__text")
@@ -212,7 +232,7 @@ class IntentAdmin(DistinctSearchMixin, admin.ModelAdmin):
 
 
 @admin.register(IntentExample)
-class IntentExampleAdmin(admin.ModelAdmin):
+class IntentExampleAdmin(RebuildsAnswerIndex, admin.ModelAdmin):
     list_display = ("text", "intent", "source", "created_at")
     list_filter = ("source", "intent")
     search_fields = ("text",)
@@ -220,7 +240,7 @@ class IntentExampleAdmin(admin.ModelAdmin):
 
 
 @admin.register(AnswerTemplate)
-class AnswerTemplateAdmin(admin.ModelAdmin):
+class AnswerTemplateAdmin(RebuildsAnswerIndex, admin.ModelAdmin):
     list_display = ("short_text", "intent", "active", "updated_at")
     list_filter = ("active", "intent")
     search_fields = ("text",)

@@ -109,6 +109,12 @@ def answer_index_build(*, force: bool = False) -> str:
         ):
             return previous.version
         encoder = runtime.encoder()
+        template_versions = {
+            str(pk): updated.isoformat()
+            for pk, updated in AnswerTemplate.objects.filter(
+                pk__in=[t.id for t in templates]
+            ).values_list("pk", "updated_at")
+        }
         index = KnowledgeIndex.build(
             examples=examples,
             templates=templates,
@@ -116,6 +122,7 @@ def answer_index_build(*, force: bool = False) -> str:
             encoder_name=encoder.name,
             dim=encoder.dim,
             reuse=previous,
+            extra_info={"template_versions": template_versions},
         )
         version = store.write(index.save)
         store.set_live(version)
@@ -128,3 +135,10 @@ def answer_index_build(*, force: bool = False) -> str:
         index.info["newly_encoded"],
     )
     return version
+
+
+def answer_index_rebuild_schedule() -> None:
+    """Rebuild the answer index in the worker once the current transaction commits."""
+    from chatbot.tasks import answer_index_rebuild
+
+    transaction.on_commit(answer_index_rebuild.delay)

@@ -36,10 +36,22 @@ class Hit:
     suggestions: tuple[str, ...] = ()
 
 
-def _flat_index(vectors: np.ndarray, ids: Sequence[int], dim: int):
+# Below this many vectors an exact (flat) search is fast enough and never misses; above it,
+# an HNSW graph answers in far less than a linear scan.
+APPROXIMATE_ABOVE = 50_000
+
+
+def _make_index(
+    vectors: np.ndarray, ids: Sequence[int], dim: int, approximate_above: int = APPROXIMATE_ABOVE
+):
     import faiss
 
-    index = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
+    if len(ids) > approximate_above:
+        graph = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efSearch = 128
+        index = faiss.IndexIDMap(graph)
+    else:
+        index = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
     if len(ids):
         index.add_with_ids(
             np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, "int64")
@@ -57,7 +69,14 @@ class _Table:
     ids_by_intent: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, entries: Sequence[Entry], vectors: np.ndarray, dim: int) -> _Table:
+    def create(
+        cls,
+        entries: Sequence[Entry],
+        vectors: np.ndarray,
+        dim: int,
+        approximate_above: int = APPROXIMATE_ABOVE,
+        prebuilt: object | None = None,
+    ) -> _Table:
         ids = [entry.id for entry in entries]
         by_intent: dict[str, list[int]] = {}
         for entry in entries:
@@ -65,7 +84,11 @@ class _Table:
         return cls(
             entries={entry.id: entry for entry in entries},
             vectors=vectors,
-            faiss_index=_flat_index(vectors, ids, dim),
+            faiss_index=(
+                prebuilt
+                if prebuilt is not None
+                else _make_index(vectors, ids, dim, approximate_above)
+            ),
             ids_by_intent={k: np.asarray(v, dtype="int64") for k, v in by_intent.items()},
         )
 
@@ -109,11 +132,13 @@ class KnowledgeIndex:
         templates: Sequence[Entry],
         template_vectors: np.ndarray,
         info: dict,
+        prebuilt: tuple[object, object] = (None, None),
     ) -> None:
         self.dim = int(info["dim"])
         self.info = info
-        self.examples = _Table.create(examples, example_vectors, self.dim)
-        self.templates = _Table.create(templates, template_vectors, self.dim)
+        limit = int(info.get("approximate_above", APPROXIMATE_ABOVE))
+        self.examples = _Table.create(examples, example_vectors, self.dim, limit, prebuilt[0])
+        self.templates = _Table.create(templates, template_vectors, self.dim, limit, prebuilt[1])
         self.encode: Callable[[Sequence[str]], np.ndarray] | None = None
 
     @property
@@ -134,6 +159,8 @@ class KnowledgeIndex:
         encoder_name: str,
         dim: int,
         reuse: KnowledgeIndex | None = None,
+        extra_info: dict | None = None,
+        approximate_above: int = APPROXIMATE_ABOVE,
     ) -> KnowledgeIndex:
         """Embed every entry; texts already embedded by `reuse` with the same encoder are kept."""
         known: dict[str, np.ndarray] = {}
@@ -156,6 +183,8 @@ class KnowledgeIndex:
             "examples": len(examples),
             "templates": len(templates),
             "newly_encoded": len(texts),
+            "approximate_above": approximate_above,
+            **(extra_info or {}),
         }
         return cls(
             examples=examples,
@@ -219,20 +248,21 @@ class KnowledgeIndex:
         sidecar = json.loads((directory / "index.json").read_text())
         info = {**sidecar["info"], "version": directory.name}
 
-        def read(name: str, rows: list[dict]) -> tuple[list[Entry], np.ndarray]:
+        def read(name: str, rows: list[dict]):
             entries = [Entry(**{**row, "suggestions": tuple(row["suggestions"])}) for row in rows]
             stored = faiss.read_index(str(directory / name))
             vectors = stored.index.reconstruct_n(0, stored.ntotal) if stored.ntotal else None
             if vectors is None:
                 vectors = np.zeros((0, int(info["dim"])), dtype=np.float32)
-            return entries, vectors
+            return entries, vectors, stored
 
-        examples, example_vectors = read("examples.faiss", sidecar["examples"])
-        templates, template_vectors = read("templates.faiss", sidecar["templates"])
+        examples, example_vectors, example_index = read("examples.faiss", sidecar["examples"])
+        templates, template_vectors, template_index = read("templates.faiss", sidecar["templates"])
         return cls(
             examples=examples,
             example_vectors=example_vectors,
             templates=templates,
             template_vectors=template_vectors,
             info=info,
+            prebuilt=(example_index, template_index),
         )

@@ -151,3 +151,35 @@ def test_admin_makes_a_chosen_model_version_live(admin_client: Client) -> None:
         assert store.live() == "v-new"
     finally:
         store.clear_live()
+
+
+def test_editing_a_template_in_admin_republishes_the_answer_index(
+    admin_client: Client, knowledge_base: str
+) -> None:
+    # given
+    from chatbot.celery import app
+    from chatbot.runtime import get_runtime
+
+    template = AnswerTemplate.objects.filter(intent__name="opening_hours").first()
+    app.conf.task_always_eager = True
+
+    # when: an admin saves a new wording
+    try:
+        response = admin_client.post(
+            reverse("admin:chatbot_answertemplate_change", args=[template.pk]),
+            {
+                "intent": template.intent_id,
+                "text": "We're here every day, 07:00 to 23:00.",
+                "suggestions": "[]",
+                "active": "on",
+            },
+        )
+    finally:
+        app.conf.task_always_eager = False
+
+    # then: the running process answers from a new index with the new text
+    assert response.status_code == 302
+    index = get_runtime().index()
+    assert index.version != knowledge_base
+    assert index.templates.entries[template.pk].text == "We're here every day, 07:00 to 23:00."
+    assert str(template.pk) in index.info["template_versions"]

@@ -110,3 +110,40 @@ def test_build_reuses_vectors_it_already_has(index: KnowledgeIndex, encoder) -> 
     assert encoded == ["Is there a phone number?"]
     assert rebuilt.info["newly_encoded"] == 1
     assert rebuilt.holds(examples=EXAMPLES, templates=TEMPLATES, encoder_name="x") is False
+
+
+def test_large_indexes_switch_to_an_approximate_graph_that_still_finds_neighbours(
+    tmp_path: Path,
+) -> None:
+    # given: 400 unit vectors, with the switch lowered from 50,000 to 100 for the test
+    import faiss
+
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(400, 16)).astype(np.float32)
+    table /= np.linalg.norm(table, axis=1, keepdims=True)
+    texts = [f"text {i}" for i in range(400)]
+    vectors = dict(zip(texts, table, strict=True)) | {"template": table[0]}
+    examples = [Entry(1000 + i, t, f"intent_{i % 4}") for i, t in enumerate(texts)]
+
+    # when
+    index = KnowledgeIndex.build(
+        examples=examples,
+        templates=[Entry(1, "template", "intent_0")],
+        encode=lambda batch: np.stack([vectors[t] for t in batch]),
+        encoder_name="random",
+        dim=16,
+        approximate_above=100,
+    )
+    store = VersionStore(tmp_path)
+    loaded = KnowledgeIndex.load(store.path(store.write(index.save)))
+
+    # then
+    for built in (index, loaded):
+        inner = faiss.downcast_index(built.examples.faiss_index.index)
+        assert isinstance(inner, faiss.IndexHNSWFlat)
+        flat = faiss.downcast_index(built.templates.faiss_index.index)
+        assert isinstance(flat, faiss.IndexFlatIP)  # one template: exact
+        hits = built.search_examples(table[:50], 1)
+        assert [h[0].id for h in hits] == [1000 + i for i in range(50)]
+        filtered = built.search_examples(table[:1], 3, intent="intent_1")[0]
+        assert {h.intent for h in filtered} == {"intent_1"}
