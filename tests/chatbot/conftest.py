@@ -52,7 +52,9 @@ def free_port() -> int:
 class Daphne:
     """A daphne process serving the project on a fixed port; it can be stopped and restarted."""
 
-    def __init__(self, *, port: int, data_dir: Path, var_dir: Path) -> None:
+    def __init__(
+        self, *, port: int, data_dir: Path, var_dir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.server = LiveServer(
             f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/ws/chat/", var_dir / "daphne.log"
         )
@@ -64,6 +66,7 @@ class Daphne:
             "CHATBOT_DATA_DIR": str(data_dir),
             "CHATBOT_VAR_DIR": str(var_dir),
             "HF_HUB_OFFLINE": "1",
+            **(env or {}),
         }
         self.process: subprocess.Popen | None = None
 
@@ -122,9 +125,12 @@ def daphne_factory(
 ) -> Iterator[Callable[[], Daphne]]:
     started: list[Daphne] = []
 
-    def make() -> Daphne:
+    def make(**env: str) -> Daphne:
         daphne = Daphne(
-            port=free_port(), data_dir=data_dir, var_dir=tmp_path_factory.mktemp("daphne-var")
+            port=free_port(),
+            data_dir=data_dir,
+            var_dir=tmp_path_factory.mktemp("daphne-var"),
+            env=env,
         )
         started.append(daphne)
         return daphne

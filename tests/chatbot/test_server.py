@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.request
 
@@ -100,3 +101,77 @@ async def test_bad_input_over_daphne_gets_errors_and_nothing_stored_is_lost(
     ]
     assert [m["text"] for m in resumed["messages"] if m["role"] == "customer"] == ["hi", "thanks!"]
     assert third["intent"] == "goodbye"
+
+
+async def test_a_staff_reply_reaches_a_customer_on_another_process_through_redis(
+    daphne_factory, settings
+) -> None:
+    # given: a customer connected to a daphne process that uses the Redis channel layer
+    from asgiref.sync import sync_to_async
+
+    from chatbot import services
+    from chatbot.models import Conversation
+
+    redis_url = "redis://127.0.0.1:6379/5"
+    server = await sync_to_async(daphne_factory(REDIS_URL=redis_url).start)()
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [redis_url]},
+        }
+    }
+    async with connect(server.ws_url, origin=server.url, open_timeout=20) as ws:
+        history = json.loads(await ws.recv())
+        conversation = await Conversation.objects.aget(public_id=history["conversation"])
+
+        # when: a person on the team replies from this (another) process
+        await database_sync_to_async(services.staff_reply_send)(
+            conversation=conversation, text="Hello from the support team"
+        )
+
+        # then
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 15))
+    assert (frame["type"], frame["role"], frame["text"]) == (
+        "message",
+        "agent",
+        "Hello from the support team",
+    )
+
+
+async def test_the_answer_index_is_swapped_while_the_server_answers(daphne_server) -> None:
+    # given
+    from chatbot.knowledge import answer_index_build
+    from chatbot.models import AnswerTemplate
+
+    async with connect(daphne_server.ws_url, origin=daphne_server.url, open_timeout=20) as ws:
+        await ws.recv()
+
+        published = asyncio.Event()
+
+        async def keep_chatting() -> list[dict]:
+            replies: list[dict] = []
+            while not published.is_set() or len(replies) < 12:
+                replies.append(await chat(ws, "what are your opening hours?", f"s-{len(replies)}"))
+            # one more, sent once the last version is live
+            replies.append(await chat(ws, "what are your opening hours?", "s-last"))
+            return replies
+
+        async def republish() -> None:
+            for n in range(3):
+                await AnswerTemplate.objects.filter(intent__name="opening_hours").aupdate(
+                    text=f"Open from 0{n + 6}:00 every day."
+                )
+                await database_sync_to_async(answer_index_build)()
+                await asyncio.sleep(0.2)
+            published.set()
+
+        # when
+        replies, _ = await asyncio.gather(keep_chatting(), republish())
+
+    # then: every message was answered, and the answers moved to the new index as it went live
+    assert len(replies) >= 13 and all(r["intent"] == "opening_hours" for r in replies)
+    versions = await database_sync_to_async(list)(
+        Message.objects.filter(role="bot").values_list("index_version", flat=True).distinct()
+    )
+    assert len(versions) >= 2
+    assert replies[-1]["text"] == "Open from 08:00 every day."
