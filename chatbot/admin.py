@@ -26,6 +26,7 @@ BOT_DECISION_FIELDS = (
     "top_k",
     "template",
     "template_similarity",
+    "nearest_similarity",
     "suggestions",
     "model_version",
     "index_version",
