@@ -149,11 +149,11 @@ def conversation_group(public_id) -> str:
     return f"conversation.{public_id}"
 
 
-def _broadcast(conversation: Conversation, message: Message) -> None:
+def _broadcast(conversation: Conversation, message: Message, *, status: str) -> None:
     from asgiref.sync import async_to_sync
     from channels.layers import get_channel_layer
 
-    frame = {"type": "message", **protocol.message_frame(message)}
+    frame = {"type": "message", **protocol.message_frame(message), "status": status}
     async_to_sync(get_channel_layer().group_send)(
         conversation_group(conversation.public_id), {"type": "conversation.message", "frame": frame}
     )
@@ -169,7 +169,9 @@ def staff_reply_send(*, conversation: Conversation, text: str) -> Message:
     Conversation.objects.filter(pk=conversation.pk).update(
         status=Conversation.Status.NEEDS_HUMAN, last_activity_at=timezone.now()
     )
-    transaction.on_commit(lambda: _broadcast(conversation, message))
+    transaction.on_commit(
+        lambda: _broadcast(conversation, message, status=Conversation.Status.NEEDS_HUMAN)
+    )
     return message
 
 
@@ -183,5 +185,5 @@ def conversation_hand_back(*, conversation: Conversation) -> Message:
     message = Message.objects.create(
         conversation=conversation, role=Message.Role.SYSTEM, text=HAND_BACK_TEXT
     )
-    transaction.on_commit(lambda: _broadcast(conversation, message))
+    transaction.on_commit(lambda: _broadcast(conversation, message, status=Conversation.Status.BOT))
     return message

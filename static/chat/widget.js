@@ -765,6 +765,8 @@
   function onMessage(frame) {
     const id = frame.id === null || frame.id === undefined ? "" : String(frame.id);
     if (id && state.byServerId.has(id)) return;
+    // Staff messages say who answers now: the team ("needs_human") or the bot again ("bot").
+    if (frame.status === "bot" || frame.status === "needs_human") state.conversationStatus = frame.status;
     // Our own message echoed (e.g. sent from another tab): treat it as an acknowledgement.
     if (frame.role === "customer" && frame.client_id && state.byClientId.has(String(frame.client_id))) {
       markDelivered(String(frame.client_id), id);

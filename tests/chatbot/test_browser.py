@@ -166,3 +166,38 @@ def test_the_widget_goes_offline_queues_and_sends_once_the_server_is_back(
     expect(bubbles(page, "bot")).to_have_count(2, timeout=REPLY_TIMEOUT_MS)
     assert Message.objects.filter(role="customer").count() == 1
     assert Message.objects.filter(role="bot").count() == 1
+
+
+def test_a_customer_asks_for_a_person_and_sees_the_admins_reply_live(
+    browser: Browser, page: Page, daphne_server: LiveServer
+) -> None:
+    # given: a customer who asks for a person
+    from django.contrib.auth import get_user_model
+
+    get_user_model().objects.create_superuser("support", "", "pass-for-tests-1")
+    open_widget(page, daphne_server)
+    page.get_by_test_id("chat-input").fill("I want to talk to a real person")
+    page.get_by_test_id("chat-send").click()
+    expect(bubbles(page, "bot")).to_have_count(2, timeout=REPLY_TIMEOUT_MS)
+    conversation = Message.objects.get(role="bot").conversation
+    assert conversation.status == "needs_human"
+
+    # when: a support admin replies from Django admin, in another browser
+    admin_context = browser.new_context()
+    admin = admin_context.new_page()
+    try:
+        admin.goto(f"{daphne_server.url}/admin/login/")
+        admin.fill("#id_username", "support")
+        admin.fill("#id_password", "pass-for-tests-1")
+        admin.click("input[type=submit]")
+        admin.goto(f"{daphne_server.url}/admin/chatbot/conversation/{conversation.pk}/change/")
+        admin.fill("#id_staff_reply", "Hi, I'm Alex from the team. How can I help?")
+        admin.click("input[value='Send reply']")
+        expect(admin.locator(".messagelist")).to_contain_text("Reply sent")
+    finally:
+        admin_context.close()
+
+    # then: the customer sees it without reloading
+    expect(bubbles(page, "agent")).to_have_text(
+        ["Hi, I'm Alex from the team. How can I help?"], timeout=REPLY_TIMEOUT_MS
+    )

@@ -113,10 +113,11 @@ async def test_a_handed_off_chat_gets_no_bot_answers_and_staff_replies_arrive_li
     # then: the reply reaches the open WebSocket, stored with role agent
     assert page.status_code == 302
     live = await communicator.receive_json_from(timeout=10)
-    assert (live["type"], live["role"], live["text"]) == (
+    assert (live["type"], live["role"], live["text"], live["status"]) == (
         "message",
         "agent",
         "Hi, this is Sam from support. How can I help?",
+        "needs_human",
     )
     assert await Message.objects.filter(role="agent", conversation=conversation).acount() == 1
 
@@ -126,7 +127,7 @@ async def test_a_handed_off_chat_gets_no_bot_answers_and_staff_replies_arrive_li
     answer = await send_message(communicator, "what are your opening hours?", "h-3")
 
     # then
-    assert note["role"] == "system"
+    assert (note["role"], note["status"]) == ("system", "bot")
     assert answer["decision"] == "answer" and answer["intent"] == "opening_hours"
     await communicator.disconnect()
 
