@@ -65,6 +65,7 @@ def _search(config, train_set, val_set, out: Path, store: VersionStore, *, budge
     """Train candidates until the budget would run out; keep the best on validation macro-F1."""
     started = time.monotonic()
     best: tuple[float, str, dict] | None = None
+    trials_run = 0
     last = 0.0
     for number, candidate in enumerate(search_space(config), start=1):
         elapsed = time.monotonic() - started
@@ -72,6 +73,7 @@ def _search(config, train_set, val_set, out: Path, store: VersionStore, *, budge
         if best is not None and elapsed + last > budget_s:
             break
         metrics: dict = {}
+        trials_run = number
         trial_started = time.monotonic()
         version = store.write(
             lambda d, c=candidate, m=metrics: m.update(train(c, train_set, val_set, d)),
@@ -91,9 +93,10 @@ def _search(config, train_set, val_set, out: Path, store: VersionStore, *, budge
         if best is None or score > best[0]:
             if best is not None:
                 shutil.rmtree(store.path(best[1]), ignore_errors=True)
-            best = (score, version, {**metrics, "search": {"trials": number}})
+            best = (score, version, {**metrics, "search": {"best_trial": number}})
         else:
             shutil.rmtree(store.path(version), ignore_errors=True)
     assert best is not None
     store.path(best[1]).rename(out)
+    best[2]["search"]["trials"] = trials_run
     return best[2]

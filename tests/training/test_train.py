@@ -154,6 +154,7 @@ def test_search_tries_configurations_within_its_budget_and_keeps_the_best(
     # then
     trials = metrics["search"]["trials"]
     assert 2 <= trials <= len(search_space(config))
+    assert 1 <= metrics["search"]["best_trial"] <= trials
     assert [p.name for p in tmp_path.iterdir()] == ["best"]  # losing trials are removed
     best = json.loads((tmp_path / "best" / "metrics.json").read_text())
     assert best["validation"] == metrics["validation"]
