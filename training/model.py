@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from retrieval.encoder import mean_pool
+
 MODEL_FILE = "model.json"
 HEAD_FILE = "head.safetensors"
 ENCODER_DIR = "encoder"
@@ -22,10 +24,7 @@ FORMAT_VERSION = 1
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
-    if how == "cls":
-        return hidden[:, 0]
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    return hidden[:, 0] if how == "cls" else mean_pool(hidden, attention_mask)
 
 
 class IntentModel(nn.Module):
