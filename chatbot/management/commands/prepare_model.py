@@ -38,6 +38,6 @@ class Command(BaseCommand):
         validation = model.metrics["validation"]
         self.stdout.write(
             self.style.SUCCESS(
-                f"Intent model {model} is live: validation accuracy {validation['accuracy']:.3f}"
+                f"Intent model {model}: validation accuracy {validation['accuracy']:.3f}"
             )
         )
