@@ -1,0 +1,87 @@
+"""Compare out-of-scope scores on BANKING77 with 10 intents held out (an exploration for #4).
+
+    .venv/bin/python benchmarks/oos_scores_banking77.py [--model-dir /tmp/holdout_model]
+
+Trains the default full fine-tune on the 67 known intents (or reuses --model-dir), then, for each
+score (calibrated max probability, nearest / 5-nearest training example in the fine-tuned space,
+energy, max logit), declines the lowest 2%, 3% and 5% of in-scope validation messages and prints
+out-of-scope recall and the in-scope accuracy that costs. Development data only, so that a method
+can be chosen here: in scope = the validation split, out of scope = the held-out intents' rows of
+train.csv (never trained on). test.csv stays for benchmarks/policy_banking77.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.config import TrainConfig
+from training.data import load_csv, stratified_split
+from training.inference import IntentClassifier
+from training.pipeline import train_to_directory
+from training.train import Batcher, run_model, softmax
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model-dir", type=Path, default=Path("/tmp/holdout_model"))
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    examples = load_csv(DATA / "train.csv", label_col="category")
+    labels = sorted({e.label for e in examples})
+    held = set(random.Random(args.seed).sample(labels, 10))
+    config = TrainConfig()
+    train, val = stratified_split(
+        [e for e in examples if e.label not in held], val_fraction=config.val_fraction, seed=13
+    )
+    dev = val + [e for e in examples if e.label in held]
+    if not args.model_dir.exists():
+        train_to_directory(config, train, val, args.model_dir)
+    classifier = IntentClassifier.from_dir(args.model_dir, int8=False)
+
+    def features(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        batcher = Batcher(classifier.tokenizer, texts, max_length=64)
+        pooled = run_model(classifier.model, batcher, "cpu", embed=True)
+        pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+        return pooled, run_model(classifier.model, batcher, "cpu")
+
+    train_f, _ = features([e.text for e in train])
+    val_f, val_l = features([e.text for e in val])
+    dev_f, dev_l = features([e.text for e in dev])
+
+    def scores(f: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
+        sims = f @ train_f.T
+        top = logits.max(axis=1, keepdims=True)
+        return {
+            "max probability": softmax(logits / classifier.temperature).max(axis=1),
+            "nearest (fine-tuned)": sims.max(axis=1),
+            "5-nearest (fine-tuned)": np.sort(sims, axis=1)[:, -5:].mean(axis=1),
+            "energy": np.log(np.exp(logits - top).sum(axis=1)) + top[:, 0],
+            "max logit": top[:, 0],
+        }
+
+    on_val, on_dev = scores(val_f, val_l), scores(dev_f, dev_l)
+    is_oos = np.array([e.label in held for e in dev])
+    right = np.array([classifier.labels[i] for i in dev_l.argmax(axis=1)]) == np.array(
+        [e.label for e in dev]
+    )
+    base = right[~is_oos].mean()
+    print("| score | in-scope validation declined | OOS recall | in-scope accuracy lost |")
+    print("|---|---|---|---|")
+    for name, values in on_val.items():
+        for share in (0.02, 0.03, 0.05):
+            declined = on_dev[name] < np.quantile(values, share)
+            lost = 100 * (base - (right & ~declined)[~is_oos].mean())
+            print(f"| {name} | {share:.0%} | {declined[is_oos].mean():.1%} | {lost:.2f} points |")
+
+
+if __name__ == "__main__":
+    main()
