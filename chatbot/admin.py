@@ -117,10 +117,14 @@ class ConversationAdmin(DistinctSearchMixin, admin.ModelAdmin):
         ]
         return own + super().get_urls()
 
-    def reply_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+    def _posted_conversation(self, request: HttpRequest, object_id: str) -> Conversation:
         conversation = get_object_or_404(Conversation, pk=object_id)
         if request.method != "POST" or not self.has_change_permission(request, conversation):
             raise PermissionDenied
+        return conversation
+
+    def reply_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        conversation = self._posted_conversation(request, object_id)
         try:
             services.staff_reply_send(
                 conversation=conversation, text=request.POST.get("staff_reply", "")
@@ -132,9 +136,7 @@ class ConversationAdmin(DistinctSearchMixin, admin.ModelAdmin):
         return redirect("admin:chatbot_conversation_change", conversation.pk)
 
     def hand_back_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        conversation = get_object_or_404(Conversation, pk=object_id)
-        if request.method != "POST" or not self.has_change_permission(request, conversation):
-            raise PermissionDenied
+        conversation = self._posted_conversation(request, object_id)
         services.conversation_hand_back(conversation=conversation)
         self.message_user(request, "The bot answers this conversation again.", messages.SUCCESS)
         return redirect("admin:chatbot_conversation_change", conversation.pk)

@@ -1,10 +1,9 @@
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from chatbot.knowledge import KnowledgeBaseError, answer_index_build
-from chatbot.learning import model_train
 from chatbot.runtime import get_runtime
 from training.config import TrainConfig
-from training.data import DatasetError
 
 
 class Command(BaseCommand):
@@ -31,13 +30,4 @@ class Command(BaseCommand):
             self.stdout.write(f"Intent model: {live or 'none (nearest-example answers)'}")
             return
         self.stdout.write("Fine-tuning the intent model on the knowledge base (first run only)...")
-        try:
-            model = model_train(config=TrainConfig(epochs=epochs), promote=True)
-        except DatasetError as error:
-            raise CommandError(str(error)) from error
-        validation = model.metrics["validation"]
-        self.stdout.write(
-            self.style.SUCCESS(
-                f"Intent model {model}: validation accuracy {validation['accuracy']:.3f}"
-            )
-        )
+        call_command("train_model", epochs=epochs, promote=True, stdout=self.stdout)

@@ -11,13 +11,15 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("--lora", action="store_true", help="train LoRA adapters")
         parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-        parser.add_argument("--lr", type=float, help="peak learning rate")
+        parser.add_argument(
+            "--lr", type=float, help="peak learning rate (of the adapters with --lora)"
+        )
         parser.add_argument("--promote", action="store_true", help="make it the live model")
 
     def handle(self, *args, lora: bool, epochs: int, lr: float | None, promote: bool, **options):
         config = TrainConfig(lora=lora, epochs=epochs)
         if lr is not None:
-            config.lr = lr
+            setattr(config, "lora_lr" if lora else "lr", lr)
         try:
             version = model_train(config=config, promote=promote)
         except DatasetError as error:
