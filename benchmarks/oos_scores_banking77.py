@@ -30,6 +30,31 @@ from training.train import Batcher, run_model, softmax
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
 
 
+class Mahalanobis:
+    """Distance to the nearest class mean under a shared covariance (Lee et al. 2018).
+
+    `relative` subtracts the distance to one Gaussian over all training data (Ren et al. 2021),
+    which discounts directions in which every sentence varies.
+    """
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray, ridge: float = 1e-6):
+        classes = np.unique(labels)
+        self.means = np.stack([features[labels == c].mean(axis=0) for c in classes])
+        centred = features - self.means[np.searchsorted(classes, labels)]
+        self.precision = np.linalg.pinv(np.cov(centred.T) + ridge * np.eye(features.shape[1]))
+        self.mean = features.mean(axis=0)
+        self.background = np.linalg.pinv(np.cov(features.T) + ridge * np.eye(features.shape[1]))
+
+    def score(self, f: np.ndarray, *, relative: bool = False) -> np.ndarray:
+        """Higher is more in scope."""
+        diff = f[:, None, :] - self.means[None, :, :]
+        distance = np.einsum("nkd,de,nke->nk", diff, self.precision, diff).min(axis=1)
+        if relative:
+            centred = f - self.mean
+            distance -= np.einsum("nd,de,ne->n", centred, self.background, centred)
+        return -distance
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-dir", type=Path, default=Path("/tmp/holdout_model"))
@@ -53,9 +78,18 @@ def main() -> None:
         pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
         return pooled, run_model(classifier.model, batcher, "cpu")
 
-    train_f, _ = features([e.text for e in train])
-    val_f, val_l = features([e.text for e in val])
-    dev_f, dev_l = features([e.text for e in dev])
+    cache = args.model_dir / "oos_features.npz"
+    if cache.exists():
+        arrays = dict(np.load(cache))
+    else:
+        arrays = {}
+        for name, rows in (("train", train), ("val", val), ("dev", dev)):
+            arrays[f"{name}_f"], arrays[f"{name}_l"] = features([e.text for e in rows])
+        np.savez(cache, **arrays)
+    train_f, val_f, val_l = arrays["train_f"], arrays["val_f"], arrays["val_l"]
+    dev_f, dev_l = arrays["dev_f"], arrays["dev_l"]
+    train_y = np.array([classifier.labels.index(e.label) for e in train])
+    mahalanobis = Mahalanobis(train_f, train_y)
 
     def scores(f: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
         sims = f @ train_f.T
@@ -66,9 +100,23 @@ def main() -> None:
             "5-nearest (fine-tuned)": np.sort(sims, axis=1)[:, -5:].mean(axis=1),
             "energy": np.log(np.exp(logits - top).sum(axis=1)) + top[:, 0],
             "max logit": top[:, 0],
+            "mahalanobis": mahalanobis.score(f),
+            "relative mahalanobis": mahalanobis.score(f, relative=True),
         }
 
     on_val, on_dev = scores(val_f, val_l), scores(dev_f, dev_l)
+    # Sums of scores, each standardised on the in-scope validation messages.
+    for first, second in (
+        ("max probability", "mahalanobis"),
+        ("max probability", "relative mahalanobis"),
+        ("max logit", "mahalanobis"),
+        ("max probability", "5-nearest (fine-tuned)"),
+    ):
+        name = f"{first} + {second}"
+        mean = {k: on_val[k].mean() for k in (first, second)}
+        std = {k: on_val[k].std() for k in (first, second)}
+        for table in (on_val, on_dev):
+            table[name] = sum((table[k] - mean[k]) / std[k] for k in (first, second))
     is_oos = np.array([e.label in held for e in dev])
     right = np.array([classifier.labels[i] for i in dev_l.argmax(axis=1)]) == np.array(
         [e.label for e in dev]

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import csv
+
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import PermissionDenied
-from django.db.models import Case, Count, QuerySet, When
+from django.db.models import Case, Count, Exists, OuterRef, QuerySet, When
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
 from django.urls import path
+from django.utils.html import format_html
 
-from chatbot import knowledge, learning, services, tasks
+from chatbot import knowledge, learning, selectors, services, tasks
 from chatbot.models import (
     AnswerTemplate,
     Conversation,
@@ -17,6 +23,8 @@ from chatbot.models import (
     IntentExample,
     Message,
     ModelVersion,
+    ReviewItem,
+    TrainingRun,
 )
 
 BOT_DECISION_FIELDS = (
@@ -41,6 +49,24 @@ class DistinctSearchMixin:
     def get_search_results(self, request, queryset, search_term):
         results, _ = super().get_search_results(request, queryset, search_term)
         return results.distinct(), False
+
+
+class ExtraViews:
+    """Admin pages beyond the stock ones, each listed as (route, view method, URL name)."""
+
+    extra_views: tuple[tuple[str, str, str], ...] = ()
+
+    def get_urls(self):
+        own = [
+            path(route, self.admin_site.admin_view(getattr(self, view)), name=name)
+            for route, view, name in self.extra_views
+        ]
+        return own + super().get_urls()
+
+    def require_post(self, request: HttpRequest, obj=None) -> None:
+        """Views that change something answer only a POST from someone allowed to change."""
+        if request.method != "POST" or not self.has_change_permission(request, obj):
+            raise PermissionDenied
 
 
 class RebuildsAnswerIndex:
@@ -76,8 +102,142 @@ class MessageInline(admin.TabularInline):
         return False
 
 
+def _bot_messages(**lookups) -> Exists:
+    return Exists(
+        Message.objects.filter(conversation=OuterRef("pk"), role=Message.Role.BOT, **lookups)
+    )
+
+
+class HandedOffFilter(admin.SimpleListFilter):
+    title = "handed off"
+    parameter_name = "handed_off"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Handed off at some point"), ("no", "Never handed off")]
+
+    def queryset(self, request, queryset):
+        handed_off = _bot_messages(decision=Message.Decision.HANDOFF)
+        if self.value() == "yes":
+            return queryset.filter(handed_off)
+        if self.value() == "no":
+            return queryset.exclude(handed_off)
+        return queryset
+
+
+class IntentFilter(admin.SimpleListFilter):
+    title = "intent"
+    parameter_name = "intent"
+
+    def lookups(self, request, model_admin):
+        return [(str(pk), name) for pk, name in Intent.objects.values_list("pk", "name")]
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.filter(_bot_messages(intent_id=self.value()))
+        return queryset
+
+
+class ConfidenceFilter(admin.SimpleListFilter):
+    title = "lowest bot confidence"
+    parameter_name = "confidence"
+    RANGES = {
+        "lt50": ("below 50%", 0.0, 0.5),
+        "50-80": ("50% to 80%", 0.5, 0.8),
+        "80-95": ("80% to 95%", 0.8, 0.95),
+        "95up": ("95% and above", 0.95, 1.01),
+    }
+
+    def lookups(self, request, model_admin):
+        return [(key, label) for key, (label, _, _) in self.RANGES.items()]
+
+    def queryset(self, request, queryset):
+        if self.value() not in self.RANGES:
+            return queryset
+        _, low, high = self.RANGES[self.value()]
+        lowest = (
+            Message.objects.filter(conversation=OuterRef("pk"), role=Message.Role.BOT)
+            .exclude(confidence=None)
+            .order_by("confidence")
+            .values("confidence")[:1]
+        )
+        return queryset.annotate(_lowest=lowest).filter(_lowest__gte=low, _lowest__lt=high)
+
+
+class ReviewedFilter(admin.SimpleListFilter):
+    title = "reviewed"
+    parameter_name = "reviewed"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Every customer message reviewed"), ("no", "Some left to review")]
+
+    def queryset(self, request, queryset):
+        unreviewed = Exists(
+            Message.objects.filter(
+                conversation=OuterRef("pk"), role=Message.Role.CUSTOMER, review=""
+            )
+        )
+        if self.value() == "yes":
+            return queryset.exclude(unreviewed)
+        if self.value() == "no":
+            return queryset.filter(unreviewed)
+        return queryset
+
+
+CSV_COLUMNS = (
+    "conversation",
+    "status",
+    "created_at",
+    "role",
+    "text",
+    "decision",
+    "intent",
+    "confidence",
+    "template_id",
+    "model_version_id",
+    "latency_ms",
+    "review",
+    "reviewed_intent",
+)
+
+
+@admin.action(description="Export the selected conversations' messages as CSV")
+def export_csv(modeladmin, request: HttpRequest, queryset: QuerySet[Conversation]) -> HttpResponse:
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="conversations.csv"'
+    writer = csv.writer(response)
+    writer.writerow(CSV_COLUMNS)
+    rows = (
+        Message.objects.filter(conversation__in=queryset)
+        .select_related("conversation", "intent", "reviewed_intent")
+        .order_by("conversation_id", "created_at", "id")
+    )
+    for m in rows.iterator():
+        writer.writerow(
+            [
+                m.conversation.public_id,
+                m.conversation.status,
+                m.created_at.isoformat(),
+                m.role,
+                m.text,
+                m.decision,
+                m.intent.name if m.intent else "",
+                "" if m.confidence is None else f"{m.confidence:.4f}",
+                m.template_id or "",
+                m.model_version_id or "",
+                "" if m.latency_ms is None else m.latency_ms,
+                m.review,
+                m.reviewed_intent.name if m.reviewed_intent else "",
+            ]
+        )
+    return response
+
+
 @admin.register(Conversation)
-class ConversationAdmin(DistinctSearchMixin, admin.ModelAdmin):
+class ConversationAdmin(ExtraViews, DistinctSearchMixin, admin.ModelAdmin):
+    extra_views = (
+        ("<path:object_id>/reply/", "reply_view", "chatbot_conversation_reply"),
+        ("<path:object_id>/hand-back/", "hand_back_view", "chatbot_conversation_hand_back"),
+    )
     list_display = (
         "short_id",
         "status",
@@ -86,13 +246,21 @@ class ConversationAdmin(DistinctSearchMixin, admin.ModelAdmin):
         "message_count",
         "rating",
     )
-    list_filter = ("status", "started_at", "last_activity_at", "rating")
+    list_filter = (
+        "status",
+        HandedOffFilter,
+        ReviewedFilter,
+        IntentFilter,
+        ConfidenceFilter,
+        "started_at",
+        "rating",
+    )
     date_hierarchy = "started_at"
     search_fields = ("messages__text", "public_id", "session_key")
     readonly_fields = ("public_id", "started_at", "last_activity_at", "session_key", "user_agent")
     inlines = [MessageInline]
 
-    actions = ["hand_back_to_bot", "close_conversations"]
+    actions = ["hand_back_to_bot", "close_conversations", export_csv]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
         return super().get_queryset(request).annotate(_messages=Count("messages"))
@@ -102,25 +270,9 @@ class ConversationAdmin(DistinctSearchMixin, admin.ModelAdmin):
         waiting = Case(When(status=Conversation.Status.NEEDS_HUMAN, then=0), default=1)
         return [waiting.asc(), "-last_activity_at"]
 
-    def get_urls(self):
-        own = [
-            path(
-                "<path:object_id>/reply/",
-                self.admin_site.admin_view(self.reply_view),
-                name="chatbot_conversation_reply",
-            ),
-            path(
-                "<path:object_id>/hand-back/",
-                self.admin_site.admin_view(self.hand_back_view),
-                name="chatbot_conversation_hand_back",
-            ),
-        ]
-        return own + super().get_urls()
-
     def _posted_conversation(self, request: HttpRequest, object_id: str) -> Conversation:
         conversation = get_object_or_404(Conversation, pk=object_id)
-        if request.method != "POST" or not self.has_change_permission(request, conversation):
-            raise PermissionDenied
+        self.require_post(request, conversation)
         return conversation
 
     def reply_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
@@ -255,6 +407,237 @@ class AnswerTemplateAdmin(RebuildsAnswerIndex, admin.ModelAdmin):
         return str(obj)
 
 
+class ReviewActionForm(ActionForm):
+    intent = forms.ModelChoiceField(
+        queryset=Intent.objects.all(), required=False, label="Relabel to", empty_label="(intent)"
+    )
+    new_intent = forms.CharField(
+        required=False, label="or new intent", widget=forms.TextInput(attrs={"size": 18})
+    )
+
+
+class ReviewStateFilter(admin.SimpleListFilter):
+    title = "review"
+    parameter_name = "review"
+
+    def lookups(self, request, model_admin):
+        return [("todo", "To review"), *Message.Review.choices]
+
+    def queryset(self, request, queryset):
+        if self.value() == "todo":
+            return queryset.filter(review="")
+        if self.value():
+            return queryset.filter(review=self.value())
+        return queryset
+
+
+@admin.register(ReviewItem)
+class ReviewQueueAdmin(ExtraViews, admin.ModelAdmin):
+    """Customer messages, the most useful to label first; each verdict teaches the next model."""
+
+    extra_views = (("candidates/", "candidates_view", "chatbot_reviewitem_candidates"),)
+    action_form = ReviewActionForm
+    actions = ["confirm", "relabel", "mark_out_of_scope", "skip"]
+    list_display = (
+        "text",
+        "predicted",
+        "confidence",
+        "decision",
+        "retriever",
+        "review_priority",
+        "review",
+        "reviewed_intent",
+        "conversation_link",
+    )
+    list_filter = (ReviewStateFilter, "reply__decision", "created_at")
+    search_fields = ("text",)
+    ordering = ("-review_priority", "-created_at")
+    list_per_page = 50
+    readonly_fields = ("text", "created_at", "review", "reviewed_intent", "reviewed_at")
+    fields = readonly_fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ReviewItem]:
+        return (
+            super()
+            .get_queryset(request)
+            .filter(role=Message.Role.CUSTOMER, reply__isnull=False)
+            .select_related("reply__intent", "reviewed_intent", "conversation")
+        )
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        # The queue opens on what is left to review.
+        if "review" not in request.GET and not request.GET.get("q") and request.method == "GET":
+            query = request.GET.copy()
+            query["review"] = "todo"
+            return redirect(f"{request.path}?{query.urlencode()}")
+        return super().changelist_view(request, extra_context)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def _apply(self, request: HttpRequest, queryset, verdict: str, **target) -> None:
+        try:
+            count = learning.review_apply(
+                message_ids=queryset.values_list("pk", flat=True),
+                verdict=verdict,
+                user=request.user,
+                **target,
+            )
+        except learning.ReviewError as error:
+            self.message_user(request, str(error), messages.ERROR)
+            return
+        label = Message.Review(verdict).label.lower()
+        self.message_user(request, f"{count} message(s) {label}.", messages.SUCCESS)
+
+    @admin.action(description="Confirm the predicted intent")
+    def confirm(self, request: HttpRequest, queryset) -> None:
+        self._apply(request, queryset, Message.Review.CONFIRMED)
+
+    @admin.action(description="Relabel to the intent chosen below (or a new one)")
+    def relabel(self, request: HttpRequest, queryset) -> None:
+        form = self.action_form(request.POST)
+        form.is_valid()
+        data = getattr(form, "cleaned_data", {})
+        self._apply(
+            request,
+            queryset,
+            Message.Review.RELABELLED,
+            intent=data.get("intent"),
+            new_intent=data.get("new_intent", ""),
+        )
+        created = data.get("new_intent") and Intent.objects.filter(
+            name=learning.intent_name(data["new_intent"]), templates__isnull=True
+        )
+        if created:
+            self.message_user(
+                request,
+                f"Intent {created[0].name} has no answer yet: until it has one, a person takes "
+                "the conversations the bot recognises as it.",
+                messages.WARNING,
+            )
+
+    @admin.action(description="Mark out of scope")
+    def mark_out_of_scope(self, request: HttpRequest, queryset) -> None:
+        self._apply(request, queryset, Message.Review.OUT_OF_SCOPE)
+
+    @admin.action(description="Skip")
+    def skip(self, request: HttpRequest, queryset) -> None:
+        self._apply(request, queryset, Message.Review.SKIPPED)
+
+    @admin.display(description="Bot's intent", ordering="reply__intent__name")
+    def predicted(self, obj: ReviewItem) -> str:
+        return obj.reply.intent.name if obj.reply.intent else "-"
+
+    @admin.display(description="Confidence", ordering="reply__confidence")
+    def confidence(self, obj: ReviewItem) -> str:
+        return _percent(obj.reply.confidence)
+
+    @admin.display(description="Decision", ordering="reply__decision")
+    def decision(self, obj: ReviewItem) -> str:
+        return obj.reply.get_decision_display()
+
+    @admin.display(description="Nearest example's intent")
+    def retriever(self, obj: ReviewItem) -> str:
+        return obj.reply.nearest_intent or "-"
+
+    @admin.display(description="Conversation")
+    def conversation_link(self, obj: ReviewItem) -> str:
+        return format_html(
+            '<a href="../conversation/{}/change/">{}</a>',
+            obj.conversation_id,
+            str(obj.conversation.public_id)[:8],
+        )
+
+    def candidates_view(self, request: HttpRequest) -> HttpResponse:
+        """Groups of alike messages no intent matched; one form per group names a new intent."""
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        if request.method == "POST":
+            ids = [int(i) for i in request.POST.getlist("message") if i.isdigit()]
+            self._apply(
+                request,
+                ReviewItem.objects.filter(pk__in=ids),
+                Message.Review.RELABELLED,
+                new_intent=request.POST.get("new_intent", ""),
+            )
+            return redirect("admin:chatbot_reviewitem_candidates")
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Candidate new intents",
+            "candidates": selectors.candidate_intents(),
+        }
+        return TemplateResponse(request, "admin/chatbot/reviewitem/candidates.html", context)
+
+
+@admin.register(TrainingRun)
+class TrainingRunAdmin(ExtraViews, admin.ModelAdmin):
+    extra_views = (("start/", "start_view", "chatbot_trainingrun_start"),)
+    list_display = (
+        "__str__",
+        "trigger",
+        "status",
+        "progress_bar",
+        "started_at",
+        "finished_at",
+        "dataset_size",
+        "new_examples",
+        "model_version",
+        "short_reason",
+    )
+    list_filter = ("status", "trigger")
+    readonly_fields = [f.name for f in TrainingRun._meta.fields] + ["per_intent_table"]
+    exclude = ("per_intent",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def start_view(self, request: HttpRequest) -> HttpResponse:
+        self.require_post(request)
+        run = learning.training_run_request(trigger=TrainingRun.Trigger.MANUAL)
+        self.message_user(request, f"{run} is queued for the worker.", messages.SUCCESS)
+        return redirect("admin:chatbot_trainingrun_changelist")
+
+    @admin.display(description="Progress", ordering="progress")
+    def progress_bar(self, obj: TrainingRun) -> str:
+        return format_html(
+            '<progress max="100" value="{}" title="{}">{}%</progress> {}%',
+            obj.progress,
+            obj.stage,
+            obj.progress,
+            round(obj.progress),
+        )
+
+    @admin.display(description="Reason")
+    def short_reason(self, obj: TrainingRun) -> str:
+        text = obj.reason or obj.error
+        return text if len(text) <= 90 else text[:89] + "…"
+
+    @admin.display(description="Per intent (validation accuracy)")
+    def per_intent_table(self, obj: TrainingRun) -> str:
+        if not obj.per_intent:
+            return "-"
+        rows = sorted(obj.per_intent.items())
+        cells = "".join(
+            format_html(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                name,
+                scores["support"],
+                _percent(scores["candidate"]),
+                _percent(scores["live"]),
+            )
+            for name, scores in rows
+        )
+        return format_html(
+            "<table><tr><th>intent</th><th>examples</th><th>candidate</th><th>live</th></tr>"
+            "{}</table>",
+            format_html(cells),
+        )
+
+
 @admin.action(description="Make the selected version live")
 def make_live(modeladmin, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
     if queryset.count() != 1:
@@ -266,7 +649,8 @@ def make_live(modeladmin, request: HttpRequest, queryset: QuerySet[ModelVersion]
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(admin.ModelAdmin):
+class ModelVersionAdmin(ExtraViews, admin.ModelAdmin):
+    extra_views = (("rollback/", "rollback_view", "chatbot_modelversion_rollback"),)
     list_display = (
         "__str__",
         "kind",
@@ -274,11 +658,33 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "validation_macro_f1",
         "n_examples",
         "created_at",
+        "promoted_at",
         "is_live",
     )
     list_filter = ("kind", "is_live")
-    readonly_fields = ("created_at", "directory", "base_model", "kind", "metrics", "is_live")
+    readonly_fields = (
+        "created_at",
+        "directory",
+        "base_model",
+        "kind",
+        "metrics",
+        "is_live",
+        "promoted_at",
+    )
     actions = [make_live]
+
+    def rollback_view(self, request: HttpRequest) -> HttpResponse:
+        self.require_post(request)
+        try:
+            version = learning.model_rollback()
+        except learning.ReviewError as error:
+            self.message_user(request, str(error), messages.ERROR)
+        else:
+            self.message_user(request, f"Rolled back: {version} is live.", messages.SUCCESS)
+        return redirect("admin:chatbot_modelversion_changelist")
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        return super().changelist_view(request, {**(extra_context or {}), "plot": _versions_plot()})
 
     @admin.display(description="Val. accuracy")
     def validation_accuracy(self, obj: ModelVersion) -> str:
@@ -291,6 +697,54 @@ class ModelVersionAdmin(admin.ModelAdmin):
     @admin.display(description="Examples")
     def n_examples(self, obj: ModelVersion) -> int | None:
         return obj.metrics.get("n_train")
+
+
+def _versions_plot(width: int = 640, height: int = 200, pad: int = 32) -> dict | None:
+    """Validation accuracy and macro-F1 of every version, oldest first, as SVG coordinates."""
+    versions = [
+        (v.pk, v.is_live, v.metrics.get("validation", {}))
+        for v in ModelVersion.objects.order_by("created_at", "pk")
+    ]
+    versions = [(pk, live, m) for pk, live, m in versions if "accuracy" in m]
+    if not versions:
+        return None
+    values = [m[key] for _, _, m in versions for key in ("accuracy", "macro_f1")]
+    low, high = min(values) - 0.01, max(values) + 0.01
+    step = (width - 2 * pad) / max(1, len(versions) - 1)
+
+    def point(i: int, value: float) -> tuple[float, float]:
+        x = pad + i * step if len(versions) > 1 else width / 2
+        return round(x, 1), round(
+            height - pad - (value - low) / (high - low) * (height - 2 * pad), 1
+        )
+
+    series = []
+    for key, colour in (("accuracy", "#417690"), ("macro_f1", "#d9822b")):
+        points = [point(i, m[key]) for i, (_, _, m) in enumerate(versions)]
+        series.append(
+            {
+                "name": "accuracy" if key == "accuracy" else "macro-F1",
+                "colour": colour,
+                "polyline": " ".join(f"{x},{y}" for x, y in points),
+                "points": [
+                    {"x": x, "y": y, "label": f"v{pk}: {m[key]:.1%}", "live": live}
+                    for (x, y), (pk, live, m) in zip(points, versions, strict=True)
+                ],
+            }
+        )
+    return {
+        "width": width,
+        "height": height,
+        "series": series,
+        "low": f"{low:.1%}",
+        "high": f"{high:.1%}",
+        "pad": pad,
+        "bottom": height - pad,
+        "right": width - pad,
+        "versions": [
+            {"x": point(i, low)[0], "label": f"v{pk}"} for i, (pk, _, _) in enumerate(versions)
+        ],
+    }
 
 
 def _percent(value: float | None) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from django.conf import settings
 
 from chatbot.runtime import Runtime, get_runtime
-from training.policy import ANSWER, CLARIFY
+from training.policy import ANSWER, CLARIFY, OUT_OF_SCOPE
 
 HANDOFF = "handoff"
 
@@ -43,6 +43,7 @@ class AgentReply:
     index_version: str
     model_version: str = ""
     nearest_example_similarity: float | None = None
+    nearest_intent: str = ""  # the retriever's opinion: the intent of the nearest known example
     # (intent, label) pairs offered as quick replies by a clarifying question.
     choices: tuple[tuple[str, str], ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
@@ -50,6 +51,26 @@ class AgentReply:
     @property
     def handoff(self) -> bool:
         return self.decision == HANDOFF
+
+    @property
+    def review_priority(self) -> float:
+        """How much a person's label on this message would teach the model; higher first.
+
+        Low confidence, a small gap between the top two intents, a turn the bot did not answer,
+        and the classifier disagreeing with the nearest known example each add to it.
+        """
+        scores = [a.score for a in self.alternatives]
+        priority = 1.0 - self.confidence
+        if len(scores) >= 2:
+            priority += max(0.0, 0.5 - (scores[0] - scores[1]))
+        priority += {CLARIFY: 0.5, OUT_OF_SCOPE: 0.75, HANDOFF: 0.75}.get(self.decision, 0.0)
+        if (
+            self.nearest_intent
+            and self.alternatives
+            and (self.nearest_intent != self.alternatives[0].intent)
+        ):
+            priority += 0.5
+        return round(priority, 4)
 
 
 def rank_intents(hits, limit: int = 3) -> list[IntentScore]:
@@ -67,6 +88,11 @@ OUT_OF_SCOPE_TEXT = (
     "topics I know, or pass you to a person on our team."
 )
 HANDOFF_TEXT = "I'm passing you to a person on our team; they will reply here shortly."
+# An intent learnt from reviews before anyone wrote its answer: a person answers it.
+NO_TEMPLATE_TEXT = (
+    "I understand what you need, but a person on our team is better placed to answer it. "
+    "I'm passing you to them; they will reply here."
+)
 HANDOFF_AFTER_FAILURES_TEXT = (
     "I'm sorry I couldn't help. I'm passing you to a person on our team; they will reply here."
 )
@@ -101,9 +127,10 @@ class Agent:
         if decision == ANSWER:
             templates = index.search_templates(vector, 1, intent=intent)[0]
             if not templates:
-                raise AgentUnavailable(f"Intent {intent!r} has no active answer template.")
-            template = templates[0]
-            reply_text, suggestions = template.text, template.suggestions
+                decision, reply_text, suggestions = HANDOFF, NO_TEMPLATE_TEXT, ()
+            else:
+                template = templates[0]
+                reply_text, suggestions = template.text, template.suggestions
             if intent == self.handoff_intent:
                 decision = HANDOFF
         elif decision == CLARIFY:
@@ -124,6 +151,7 @@ class Agent:
             index_version=index.version,
             model_version=analysis.model_version,
             nearest_example_similarity=round(similarity, 4),
+            nearest_intent=analysis.example_hits[0].intent,
             choices=choices,
             timings={
                 "queue_ms": round(batched.queue_ms, 2),

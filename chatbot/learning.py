@@ -1,19 +1,115 @@
-"""Writes for the intent model: training from the database, registering and promoting versions."""
+"""The learning loop's writes: reviews become examples, runs train, promotion is gated.
+
+review_apply       an admin's verdict on customer messages -> IntentExample(source=reviewed)
+training_run_*     one retraining: claim the lock, train, score candidate and live model on
+                   the same validation set, promote only when the candidate is no worse
+model_promote      make a version live for every serving process (after commit)
+model_rollback     make the previously live version live again
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
+import traceback
+from collections import deque
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
-from django.db import transaction
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django.utils.text import slugify
 
-from chatbot.models import IntentExample, ModelVersion
+from chatbot.models import Intent, IntentExample, Message, ModelVersion, TrainingRun
 from chatbot.runtime import get_runtime
 from training.config import TrainConfig
-from training.data import Example, stratified_split
+from training.data import Example
 from training.train import Progress, train
 
 logger = logging.getLogger(__name__)
+
+VALIDATION_FRACTION = 0.1
+# A running run whose heartbeat is older than this was killed (hard time limit, lost worker).
+STALE_AFTER = timedelta(minutes=15)
+
+
+# --- Review ---------------------------------------------------------------------------------
+
+
+class ReviewError(ValueError):
+    pass
+
+
+def intent_name(text: str) -> str:
+    """A typed intent name as the knowledge base spells names: lower_snake_case."""
+    name = slugify(text).replace("-", "_")
+    if not name:
+        raise ReviewError(f"{text!r} is not a usable intent name.")
+    return name
+
+
+def review_apply(
+    *,
+    message_ids: Iterable[int],
+    verdict: str,
+    user=None,
+    intent: Intent | None = None,
+    new_intent: str = "",
+) -> int:
+    """Record an admin's verdict on customer messages; returns how many were reviewed.
+
+    confirmed: the bot's intent was right; relabelled: `intent` (or a `new_intent` created on the
+    spot) is; both make the message a training example linked to it. out_of_scope and skipped
+    record the verdict only. Reviewing again replaces the earlier verdict and its example.
+    """
+    if verdict not in Message.Review.values:
+        raise ReviewError(f"Unknown review verdict {verdict!r}.")
+    if verdict == Message.Review.RELABELLED:
+        if new_intent:
+            intent, _ = Intent.objects.get_or_create(name=intent_name(new_intent))
+        if intent is None:
+            raise ReviewError("Choose an intent, or type the name of a new one, to relabel.")
+    reviewed = 0
+    messages = Message.objects.filter(pk__in=list(message_ids), role=Message.Role.CUSTOMER)
+    for message in messages.select_related("reply__intent"):
+        label = intent
+        if verdict == Message.Review.CONFIRMED:
+            reply = getattr(message, "reply", None)
+            label = reply.intent if reply is not None else None
+            if label is None:
+                continue  # nothing was predicted: only a relabel can say what it meant
+        elif verdict != Message.Review.RELABELLED:
+            label = None
+        with transaction.atomic():
+            IntentExample.objects.filter(message=message).delete()
+            if label is not None:
+                example, created = IntentExample.objects.get_or_create(
+                    intent=label,
+                    text=message.text,
+                    defaults={"source": IntentExample.Source.REVIEWED, "message": message},
+                )
+                if not created and example.message_id is None:
+                    example.message = message
+                    example.save(update_fields=["message"])
+            message.review = verdict
+            message.reviewed_intent = label
+            message.reviewed_at = timezone.now()
+            message.reviewed_by = user if user is not None and user.is_authenticated else None
+            message.save(update_fields=["review", "reviewed_intent", "reviewed_at", "reviewed_by"])
+        reviewed += 1
+    if reviewed and verdict in (Message.Review.CONFIRMED, Message.Review.RELABELLED):
+        from chatbot.knowledge import answer_index_rebuild_schedule
+
+        answer_index_rebuild_schedule()  # the retriever knows the new phrasings at once
+    return reviewed
+
+
+# --- Datasets -------------------------------------------------------------------------------
 
 
 def training_examples() -> list[Example]:
@@ -22,21 +118,130 @@ def training_examples() -> list[Example]:
     return [Example(text, label) for text, label in rows.order_by("pk")]
 
 
-def model_train(
-    *, config: TrainConfig, promote: bool = False, progress: Progress | None = None
-) -> ModelVersion:
-    """Train on the database's examples into a new model directory and register it."""
-    from django.conf import settings
+def out_of_scope_texts() -> list[str]:
+    """Customer messages reviewed as outside every intent."""
+    rows = Message.objects.filter(role=Message.Role.CUSTOMER, review=Message.Review.OUT_OF_SCOPE)
+    return list(rows.order_by("pk").values_list("text", flat=True).distinct())
 
-    config.base_model = config.base_model or settings.CHATBOT_BASE_MODEL
-    train_set, val_set = stratified_split(
-        training_examples(), val_fraction=config.val_fraction, seed=config.seed
+
+def _hash(text: str) -> float:
+    return int(hashlib.sha1(text.strip().lower().encode()).hexdigest()[:12], 16) / 16**12
+
+
+def validation_split(
+    examples: Sequence[Example], fraction: float = VALIDATION_FRACTION
+) -> tuple[list[Example], list[Example]]:
+    """A fixed validation set: each text's place depends on its words only, never on the run.
+
+    So no model version has trained on the validation examples it is compared on, and a
+    candidate and the live model are scored on the same set. Every intent with at least two
+    examples keeps at least one in validation and one in training.
+    """
+    by_label: dict[str, list[Example]] = {}
+    for example in examples:
+        by_label.setdefault(example.label, []).append(example)
+    train_set: list[Example] = []
+    val_set: list[Example] = []
+    for rows in by_label.values():
+        rows = sorted(rows, key=lambda e: _hash(e.text))
+        held = [e for e in rows if _hash(e.text) < fraction]
+        if not held and len(rows) >= 2:
+            held = rows[:1]
+        if len(held) == len(rows):
+            held = held[:-1]
+        held_ids = {id(e) for e in held}
+        val_set.extend(held)
+        train_set.extend(e for e in rows if id(e) not in held_ids)
+    return train_set, val_set
+
+
+# --- Promotion ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromotionRule:
+    max_f1_drop: float  # points of macro-F1
+    max_intent_drop: float  # points of one intent's accuracy (recall)
+    min_support: int  # intents with fewer validation examples are too noisy to judge
+
+    @classmethod
+    def from_settings(cls) -> PromotionRule:
+        return cls(
+            max_f1_drop=settings.CHATBOT_PROMOTE_MAX_F1_DROP,
+            max_intent_drop=settings.CHATBOT_PROMOTE_MAX_INTENT_DROP,
+            min_support=settings.CHATBOT_PROMOTE_MIN_SUPPORT,
+        )
+
+    def verdict(self, candidate: dict, live: dict | None) -> tuple[bool, str]:
+        """Whether the candidate may replace the live model, and why; both scored alike."""
+        if live is None:
+            return True, "No model was live: the candidate becomes the first live model."
+        drop = 100 * (live["macro_f1"] - candidate["macro_f1"])
+        if drop > self.max_f1_drop:
+            return False, (
+                f"Macro-F1 {candidate['macro_f1']:.2%} is {drop:.2f} points below the live "
+                f"model's {live['macro_f1']:.2%}; at most {self.max_f1_drop:g} is allowed."
+            )
+        worse = []
+        for name, scores in candidate["per_intent"].items():
+            if scores["support"] < self.min_support or name not in live["per_intent"]:
+                continue
+            intent_drop = 100 * (live["per_intent"][name]["recall"] - scores["recall"])
+            if intent_drop > self.max_intent_drop:
+                worse.append(f"{name} ({intent_drop:.1f} points)")
+        if worse:
+            return False, (
+                f"Intents with at least {self.min_support} validation examples lost more than "
+                f"{self.max_intent_drop:g} points: {', '.join(worse)}."
+            )
+        return True, (
+            f"Macro-F1 {candidate['macro_f1']:.2%} against the live model's "
+            f"{live['macro_f1']:.2%} ({-drop:+.2f} points); no intent with at least "
+            f"{self.min_support} validation examples lost more than {self.max_intent_drop:g}."
+        )
+
+
+def model_scores(directory: str | Path, examples: Sequence[Example]) -> dict:
+    """Accuracy, macro-F1 and per-intent scores of a model version as it is served."""
+    from training.evaluate import compute_metrics
+    from training.inference import IntentClassifier
+
+    classifier = IntentClassifier.from_dir(directory)
+    predictions = classifier.predict([e.text for e in examples], k=1)
+    metrics = compute_metrics(
+        [e.label for e in examples],
+        [p.intent for p in predictions],
+        [p.confidence for p in predictions],
     )
+    gold = {e.label for e in examples}
+    return {
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        "per_intent": {k: v for k, v in metrics["per_intent"].items() if k in gold},
+    }
+
+
+# --- Models ---------------------------------------------------------------------------------
+
+
+def model_train(
+    *,
+    config: TrainConfig,
+    promote: bool = False,
+    progress: Progress | None = None,
+    examples: Sequence[Example] | None = None,
+) -> ModelVersion:
+    """Train on the database's examples (fixed validation split) and register the version."""
+    config.base_model = config.base_model or settings.CHATBOT_BASE_MODEL
+    train_set, val_set = validation_split(training_examples() if examples is None else examples)
     store = get_runtime().models
     metrics: dict = {}
+    out_of_scope = out_of_scope_texts()
     version = store.write(
         lambda directory: metrics.update(
-            train(config, train_set, val_set, directory, progress=progress)
+            train(
+                config, train_set, val_set, directory, progress=progress, out_of_scope=out_of_scope
+            )
         )
     )
     model_version = ModelVersion.objects.create(
@@ -53,9 +258,211 @@ def model_train(
 
 def model_promote(*, model_version: ModelVersion) -> None:
     """Make a version live: in the database, then (after commit) for every serving process."""
+    now = timezone.now()
     with transaction.atomic():
         ModelVersion.objects.filter(is_live=True).exclude(pk=model_version.pk).update(is_live=False)
-        ModelVersion.objects.filter(pk=model_version.pk).update(is_live=True)
+        ModelVersion.objects.filter(pk=model_version.pk).update(is_live=True, promoted_at=now)
         name = Path(model_version.directory).name
         transaction.on_commit(lambda: get_runtime().models.set_live(name))
     model_version.is_live = True
+    model_version.promoted_at = now
+
+
+def model_rollback() -> ModelVersion:
+    """Make live again the version that was live before the current one."""
+    live = ModelVersion.objects.filter(is_live=True).first()
+    if live is None or live.promoted_at is None:
+        raise ReviewError("No model is live, so there is nothing to roll back.")
+    previous = (
+        ModelVersion.objects.filter(promoted_at__lt=live.promoted_at)
+        .exclude(pk=live.pk)
+        .order_by("-promoted_at")
+        .first()
+    )
+    if previous is None:
+        raise ReviewError(f"{live} is the only version that was ever live.")
+    model_promote(model_version=previous)
+    return previous
+
+
+# --- Training runs --------------------------------------------------------------------------
+
+
+def training_run_request(*, trigger: str = TrainingRun.Trigger.MANUAL) -> TrainingRun:
+    """Queue a run and hand it to a Celery worker once the transaction commits."""
+    from chatbot.tasks import model_retrain
+
+    run = TrainingRun.objects.create(trigger=trigger)
+    transaction.on_commit(lambda: model_retrain.delay(run_id=run.pk))
+    return run
+
+
+def _finish(run: TrainingRun, status: str, **fields) -> TrainingRun:
+    fields |= {"status": status, "finished_at": timezone.now()}
+    if status in (TrainingRun.Status.PROMOTED, TrainingRun.Status.KEPT):
+        fields["progress"] = 100.0
+    TrainingRun.objects.filter(pk=run.pk).update(**fields)
+    run.refresh_from_db()
+    return run
+
+
+def _claim(run: TrainingRun) -> bool:
+    """Take the one-run-at-a-time lock (a unique constraint on the running status)."""
+    now = timezone.now()
+    TrainingRun.objects.filter(
+        status=TrainingRun.Status.RUNNING, heartbeat_at__lt=now - STALE_AFTER
+    ).update(
+        status=TrainingRun.Status.FAILED,
+        finished_at=now,
+        error="The worker stopped during this run (killed or lost); the live model is unchanged.",
+    )
+    try:
+        with transaction.atomic():
+            claimed = TrainingRun.objects.filter(
+                pk=run.pk, status=TrainingRun.Status.QUEUED
+            ).update(status=TrainingRun.Status.RUNNING, started_at=now, heartbeat_at=now)
+    except IntegrityError:
+        return False
+    return bool(claimed)
+
+
+def training_run_execute(
+    *, run_id: int | None = None, trigger: str = TrainingRun.Trigger.NIGHTLY
+) -> TrainingRun:
+    """Run a queued training run (or a new one); safe to call twice for the same run.
+
+    A run that is no longer queued (done, or taken by another worker) is left as it is. While
+    another run trains, this one is skipped. A nightly run with nothing new since the live model
+    is skipped too. Failures, including the soft time limit, are recorded with the log's tail;
+    the live model changes only through a successful, passing run.
+    """
+    if run_id is None:
+        run = TrainingRun.objects.create(trigger=trigger)
+    else:
+        run = TrainingRun.objects.get(pk=run_id)
+        if run.status != TrainingRun.Status.QUEUED:
+            return run
+    if not _claim(run):
+        other = TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING).first()
+        if other is None:  # someone else finished or skipped this very run
+            run.refresh_from_db()
+            return run
+        return _finish(
+            run, TrainingRun.Status.SKIPPED, reason=f"Run {other.pk} is training; one at a time."
+        )
+    run.refresh_from_db()
+    with log_tail() as tail:
+        try:
+            return _train_and_judge(run)
+        except Exception as error:
+            logger.exception("Training run %s failed", run.pk)
+            return _finish(
+                run,
+                TrainingRun.Status.FAILED,
+                error="".join(traceback.format_exception_only(error)).strip(),
+                log_tail="\n".join(tail),
+            )
+
+
+def _train_and_judge(run: TrainingRun) -> TrainingRun:
+    live = ModelVersion.objects.filter(is_live=True).first()
+    examples = training_examples()
+    since = live.created_at if live else None
+    new_examples = (
+        IntentExample.objects.filter(intent__active=True, created_at__gt=since).count()
+        if since
+        else len(examples)
+    )
+    new_out_of_scope = (
+        Message.objects.filter(review=Message.Review.OUT_OF_SCOPE, reviewed_at__gt=since).count()
+        if since
+        else 0
+    )
+    train_set, val_set = validation_split(examples)
+    TrainingRun.objects.filter(pk=run.pk).update(
+        dataset_size=len(examples), new_examples=new_examples, validation_size=len(val_set)
+    )
+    if (
+        run.trigger == TrainingRun.Trigger.NIGHTLY
+        and live
+        and not (new_examples or new_out_of_scope)
+    ):
+        return _finish(
+            run,
+            TrainingRun.Status.SKIPPED,
+            reason=f"Nothing was reviewed since {live} was trained.",
+        )
+
+    last_write = 0.0
+
+    def progress(fraction: float, stage: str) -> None:
+        nonlocal last_write
+        if time.monotonic() - last_write < 2 and fraction < 1:
+            return
+        last_write = time.monotonic()
+        TrainingRun.objects.filter(pk=run.pk).update(
+            progress=round(85 * fraction, 1), stage=stage[:200], heartbeat_at=timezone.now()
+        )
+
+    config = TrainConfig(epochs=settings.CHATBOT_RETRAIN_EPOCHS, lora=settings.CHATBOT_RETRAIN_LORA)
+    candidate = model_train(config=config, progress=progress, examples=examples)
+    TrainingRun.objects.filter(pk=run.pk).update(
+        model_version=candidate, progress=90.0, stage="scoring", heartbeat_at=timezone.now()
+    )
+    candidate_scores = model_scores(candidate.directory, val_set)
+    live_scores = model_scores(live.directory, val_set) if live else None
+    promote, reason = PromotionRule.from_settings().verdict(candidate_scores, live_scores)
+    if promote:
+        model_promote(model_version=candidate)
+    summary = {
+        "candidate": {k: candidate_scores[k] for k in ("accuracy", "macro_f1")},
+        "live": {k: live_scores[k] for k in ("accuracy", "macro_f1")} if live_scores else None,
+        "live_version": live.pk if live else None,
+        "train_seconds": candidate.metrics.get("train_seconds"),
+        "n_train": len(train_set),
+    }
+    per_intent = {
+        name: {
+            "support": scores["support"],
+            "candidate": scores["recall"],
+            "live": live_scores["per_intent"].get(name, {}).get("recall") if live_scores else None,
+        }
+        for name, scores in candidate_scores["per_intent"].items()
+    }
+    return _finish(
+        run,
+        TrainingRun.Status.PROMOTED if promote else TrainingRun.Status.KEPT,
+        metrics=summary,
+        per_intent=per_intent,
+        reason=reason,
+        stage="done",
+    )
+
+
+class _TailHandler(logging.Handler):
+    def __init__(self, lines: deque) -> None:
+        super().__init__(logging.INFO)
+        self.lines = lines
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@contextmanager
+def log_tail(size: int = 200):
+    """The last `size` log lines of training and of this module, while the block runs."""
+    lines: deque[str] = deque(maxlen=size)
+    handler = _TailHandler(lines)
+    watched = [logging.getLogger(name) for name in ("training", __name__)]
+    levels = [watched_logger.level for watched_logger in watched]
+    for watched_logger in watched:
+        watched_logger.addHandler(handler)
+        if watched_logger.getEffectiveLevel() > logging.INFO:
+            watched_logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        for watched_logger, level in zip(watched, levels, strict=True):
+            watched_logger.removeHandler(handler)
+            watched_logger.setLevel(level)

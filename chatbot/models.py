@@ -2,6 +2,7 @@
 
 import uuid
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -50,7 +51,15 @@ class IntentExample(models.Model):
     intent = models.ForeignKey(Intent, on_delete=models.CASCADE, related_name="examples")
     text = models.TextField()
     source = models.CharField(max_length=16, choices=Source.choices, default=Source.CURATED)
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    message = models.OneToOneField(
+        "Message",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="example",
+        help_text="The reviewed customer message this example came from.",
+    )
 
     class Meta:
         ordering = ["intent__name", "id"]
@@ -89,6 +98,11 @@ class ModelVersion(models.Model):
     kind = models.CharField(max_length=8, choices=Kind.choices)
     metrics = models.JSONField(default=dict, blank=True)
     is_live = models.BooleanField(default=False)
+    promoted_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When it last became live (rollback goes to the one before).",
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -108,6 +122,12 @@ class Message(models.Model):
         BOT = "bot", "Bot"
         AGENT = "agent", "Support agent"
         SYSTEM = "system", "System"
+
+    class Review(models.TextChoices):
+        CONFIRMED = "confirmed", "Confirmed"
+        RELABELLED = "relabelled", "Relabelled"
+        OUT_OF_SCOPE = "out_of_scope", "Out of scope"
+        SKIPPED = "skipped", "Skipped"
 
     class Decision(models.TextChoices):
         ANSWER = "answer", "Answered"
@@ -149,8 +169,24 @@ class Message(models.Model):
         ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     index_version = models.CharField(max_length=64, blank=True)
+    nearest_intent = models.CharField(
+        max_length=100, blank=True, help_text="The intent of the nearest known example (retriever)."
+    )
     latency_ms = models.FloatField(null=True, blank=True)
     timings = models.JSONField(default=dict, blank=True, help_text="Per-stage milliseconds.")
+
+    # Review (customer turns only).
+    review_priority = models.FloatField(
+        null=True, blank=True, db_index=True, help_text="Higher: more useful to review first."
+    )
+    review = models.CharField(max_length=16, choices=Review.choices, blank=True, db_index=True)
+    reviewed_intent = models.ForeignKey(
+        Intent, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["created_at", "id"]
@@ -166,3 +202,64 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.text[:60]}"
+
+
+class ReviewItem(Message):
+    """Customer messages as the review queue shows them (a proxy: same rows)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "message to review"
+        verbose_name_plural = "review queue"
+
+
+class TrainingRun(models.Model):
+    """One retraining of the intent model: progress, scores, and why it was promoted or not."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        PROMOTED = "promoted", "Promoted"
+        KEPT = "kept", "Trained, not promoted"
+        SKIPPED = "skipped", "Skipped"
+        FAILED = "failed", "Failed"
+
+    class Trigger(models.TextChoices):
+        NIGHTLY = "nightly", "Nightly"
+        MANUAL = "manual", "By hand"
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    trigger = models.CharField(max_length=16, choices=Trigger.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    progress = models.FloatField(default=0.0, help_text="Percent.")
+    stage = models.CharField(max_length=200, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    dataset_size = models.PositiveIntegerField(null=True, blank=True)
+    new_examples = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Examples added since the live model was trained."
+    )
+    validation_size = models.PositiveIntegerField(null=True, blank=True)
+    metrics = models.JSONField(
+        default=dict, blank=True, help_text="Candidate and live model on the same validation set."
+    )
+    per_intent = models.JSONField(default=dict, blank=True)
+    model_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs"
+    )
+    reason = models.TextField(blank=True, help_text="Why it was or was not promoted.")
+    error = models.TextField(blank=True)
+    log_tail = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # The lock: one run trains at a time, whichever worker picked it up.
+            models.UniqueConstraint(
+                fields=["status"], condition=Q(status="running"), name="one_running_training_run"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Training run {self.pk} ({self.get_status_display()})"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -55,6 +56,9 @@ class Runtime:
         self._index: KnowledgeIndex | None = None
         self._classifier: IntentClassifier | None = None
         self._classifier_version: str | None = None
+        self._loading: str | None = None  # a version loading in the background
+        self._unloadable: str | None = None  # a version that failed to load
+        self._watching = False
         self._lock = threading.Lock()
         self.batcher: MicroBatcher[str, Analysis] = MicroBatcher(
             self.analyse_batch, max_batch=max_batch, max_wait_ms=max_wait_ms, name="agent"
@@ -80,13 +84,52 @@ class Runtime:
             return self._index
 
     def classifier(self) -> tuple[IntentClassifier | None, str]:
-        """The live intent model and its version name, reloaded when another is promoted."""
+        """The live intent model and its version name.
+
+        A newly promoted version loads in the background while the current one keeps
+        answering, then takes over at the next batch: no message waits for a model to load.
+        Only the first model (or after the live pointer is cleared) loads in line.
+        """
         live = self.models.live()
         with self._lock:
-            if live != self._classifier_version:
+            if live == self._classifier_version or live in (self._loading, self._unloadable):
+                return self._classifier, self._classifier_version or ""
+            if live is None or self._classifier is None:
                 self._classifier = self._load_classifier(live) if live else None
                 self._classifier_version = live
+            else:
+                self._loading = live
+                threading.Thread(
+                    target=self._swap_classifier, args=(live,), name="model-swap", daemon=True
+                ).start()
             return self._classifier, self._classifier_version or ""
+
+    def _swap_classifier(self, version: str) -> None:
+        classifier = self._load_classifier(version)
+        with self._lock:
+            self._loading = None
+            if classifier is None:
+                self._unloadable = version  # keep serving the model we have
+            else:
+                self._classifier, self._classifier_version = classifier, version
+
+    def watch(self, every_s: float) -> None:
+        """Check the live pointers every `every_s` seconds, so an idle process swaps too."""
+        with self._lock:
+            if self._watching:
+                return
+            self._watching = True
+
+        def loop() -> None:
+            while True:
+                time.sleep(every_s)
+                try:
+                    self.index()
+                    self.classifier()
+                except Exception:
+                    logger.exception("Checking the live model and index failed")
+
+        threading.Thread(target=loop, name="live-watch", daemon=True).start()
 
     def _load_classifier(self, version: str) -> IntentClassifier | None:
         """Load a model version; one that cannot load leaves the agent on nearest examples."""
@@ -128,8 +171,9 @@ class Runtime:
         return await self.batcher.submit(text)
 
     def warm_up(self) -> None:
-        """Load the encoder and index in the background, ahead of the first message."""
+        """Load the models in the background, ahead of the first message, and keep watching."""
         self.batcher.run_on_worker(self.analyse_batch, ["hello"])
+        self.watch(settings.CHATBOT_LIVE_CHECK_SECONDS)
 
 
 @cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from django.conf import settings
+from django.db.models import Q
 
 from chatbot.models import Conversation, Message, ModelVersion
 from chatbot.runtime import get_runtime
@@ -63,3 +64,54 @@ def turn_context(*, message: Message, lookback: int = 10) -> TurnContext:
     if earlier and earlier[0][0] == Message.Decision.CLARIFY:
         offered = {a["label"].lower(): a["intent"] for a in earlier[0][1] if a.get("label")}
     return TurnContext(status=status, failures_in_a_row=failures, offered=offered)
+
+
+@dataclass(frozen=True)
+class CandidateIntent:
+    """Customer messages that look alike and that no intent matched."""
+
+    size: int
+    examples: list[str]  # closest to the group's centre first
+    message_ids: list[int]
+
+
+def unmatched_messages(*, limit: int = 2000) -> list[Message]:
+    """Customer messages the bot declined, or a reviewer marked out of scope, newest first."""
+    declined = Message.objects.filter(
+        Q(reply__decision=Message.Decision.OUT_OF_SCOPE, review="")
+        | Q(review=Message.Review.OUT_OF_SCOPE),
+        role=Message.Role.CUSTOMER,
+    )
+    return list(declined.order_by("-created_at")[:limit])
+
+
+def candidate_intents(
+    *, min_size: int = 3, similarity: float = 0.5, shown: int = 5
+) -> list[CandidateIntent]:
+    """Groups of unmatched messages, largest first: average-linkage clustering of their
+    sentence embeddings, cut where groups stop being at least `similarity` alike on average."""
+    messages = unmatched_messages()
+    if len(messages) < min_size:
+        return []
+    import numpy as np
+    from sklearn.cluster import AgglomerativeClustering
+
+    vectors = get_runtime().encoder().encode([m.text for m in messages])
+    labels = AgglomerativeClustering(
+        n_clusters=None, metric="cosine", linkage="average", distance_threshold=1 - similarity
+    ).fit_predict(vectors)
+    groups = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if len(members) < min_size:
+            continue
+        centre = vectors[members].mean(axis=0)
+        order = members[np.argsort(-(vectors[members] @ centre))]
+        groups.append(
+            CandidateIntent(
+                size=len(members),
+                examples=[messages[i].text for i in order[:shown]],
+                message_ids=[messages[i].pk for i in order],
+            )
+        )
+    return sorted(groups, key=lambda g: -g.size)

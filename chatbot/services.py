@@ -78,6 +78,9 @@ def bot_reply_store(*, customer_message: Message, reply: AgentReply, latency_ms:
                 Conversation.objects.filter(pk=customer_message.conversation_id).update(
                     status=Conversation.Status.NEEDS_HUMAN
                 )
+            Message.objects.filter(pk=customer_message.pk).update(
+                review_priority=reply.review_priority
+            )
             return Message.objects.create(
                 conversation_id=customer_message.conversation_id,
                 role=Message.Role.BOT,
@@ -92,6 +95,7 @@ def bot_reply_store(*, customer_message: Message, reply: AgentReply, latency_ms:
                     for a in reply.alternatives
                 ],
                 nearest_similarity=reply.nearest_example_similarity,
+                nearest_intent=reply.nearest_intent,
                 template_id=template_id,
                 template_similarity=reply.template_similarity,
                 suggestions=list(reply.suggestions),

@@ -151,6 +151,11 @@ else:
 # worker and beat can share without any server.
 # ---------------------------------------------------------------------------------------------
 
+# The nightly retraining's limits: the soft one raises inside the run (recorded as its failure),
+# the hard one kills the worker process. Either way the live model is untouched.
+CHATBOT_RETRAIN_SOFT_TIME_LIMIT = int(env("CHATBOT_RETRAIN_SOFT_TIME_LIMIT", str(4 * 3600)))
+CHATBOT_RETRAIN_TIME_LIMIT = CHATBOT_RETRAIN_SOFT_TIME_LIMIT + 600
+
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
 if CELERY_BROKER_URL == "filesystem://":
     _broker_dir = VAR_DIR / "celery-broker"
@@ -164,7 +169,7 @@ if CELERY_BROKER_URL == "filesystem://":
         Path(_folder).mkdir(parents=True, exist_ok=True)
 else:
     # Longer than the longest task (a retraining run), so Redis never redelivers a running task.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 6 * 3600}
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CHATBOT_RETRAIN_TIME_LIMIT + 3600}
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
@@ -199,6 +204,16 @@ CHATBOT_BATCH_MAX_SIZE = int(env("CHATBOT_BATCH_MAX_SIZE", "32"))
 # in a row hand a conversation to the support team.
 CHATBOT_HANDOFF_INTENT = env("CHATBOT_HANDOFF_INTENT", "talk_to_human")
 CHATBOT_HANDOFF_AFTER_FAILURES = int(env("CHATBOT_HANDOFF_AFTER_FAILURES", "3"))
+# Retraining: epochs and LoRA for the nightly run, and the promotion rule. A candidate becomes
+# live only if its validation macro-F1 is at most MAX_F1_DROP points below the live model's and
+# no intent with at least MIN_SUPPORT validation examples loses more than MAX_INTENT_DROP points.
+CHATBOT_RETRAIN_EPOCHS = int(env("CHATBOT_RETRAIN_EPOCHS", "4"))
+CHATBOT_RETRAIN_LORA = env_bool("CHATBOT_RETRAIN_LORA", False)
+CHATBOT_PROMOTE_MAX_F1_DROP = float(env("CHATBOT_PROMOTE_MAX_F1_DROP", "0.5"))
+CHATBOT_PROMOTE_MAX_INTENT_DROP = float(env("CHATBOT_PROMOTE_MAX_INTENT_DROP", "10"))
+CHATBOT_PROMOTE_MIN_SUPPORT = int(env("CHATBOT_PROMOTE_MIN_SUPPORT", "10"))
+# How often an idle server process checks for a newly promoted model or index.
+CHATBOT_LIVE_CHECK_SECONDS = float(env("CHATBOT_LIVE_CHECK_SECONDS", "5"))
 # How many past messages a reconnecting widget receives.
 CHATBOT_HISTORY_LIMIT = int(env("CHATBOT_HISTORY_LIMIT", "200"))
 # Optional helper; off without a key.

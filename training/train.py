@@ -203,8 +203,12 @@ def train(
     out_dir: Path,
     *,
     progress: Progress | None = None,
+    out_of_scope: Sequence[str] = (),
 ) -> dict:
     """Train on `train_examples`, select and calibrate on `val_examples`, write into `out_dir`.
+
+    `out_of_scope` are messages known to be outside every intent (reviewed as such): when given,
+    the out-of-scope thresholds are chosen to catch them, within the same in-scope limit.
 
     Returns the metrics (also written to metrics.json). `out_dir` must be a fresh directory; the
     caller publishes it (see retrieval.store.VersionStore) only once this returns.
@@ -248,6 +252,11 @@ def train(
     report(0.02, "linear probe")
     features = run_model(model, train_batcher, device, embed=True)
     nearest = _nearest_similarity(run_model(model, val_batcher, device, embed=True), features)
+    if out_of_scope:
+        oos_batcher = Batcher(tokenizer, list(out_of_scope), max_length=config.max_length)
+        oos_nearest = _nearest_similarity(
+            run_model(model, oos_batcher, device, embed=True), features
+        )
     probe_scores = None
     if config.probe_init:
         weight, bias = fit_probe(features, y_train, len(label2id))
@@ -342,7 +351,16 @@ def train(
         probs.max(axis=1),
     )
     correct = probs.argmax(axis=1) == y_val
-    policy = fit_policy(probs.max(axis=1), correct, nearest)
+    if out_of_scope:
+        oos_confidence = softmax(run_model(model, oos_batcher, device) / temperature).max(axis=1)
+        policy = fit_policy(
+            np.concatenate([probs.max(axis=1), oos_confidence]),
+            np.concatenate([correct, np.zeros(len(oos_confidence), bool)]),
+            np.concatenate([nearest, oos_nearest]),
+            is_oos=np.arange(len(correct) + len(oos_confidence)) >= len(correct),
+        )
+    else:
+        policy = fit_policy(probs.max(axis=1), correct, nearest)
     decisions = [policy.decide(c, s) for c, s in zip(probs.max(axis=1), nearest, strict=True)]
     kind = "lora" if config.lora else "full"
     meta = {
@@ -366,6 +384,7 @@ def train(
         "base_model": base_model,
         "n_train": len(train_examples),
         "n_val": len(val_examples),
+        "n_out_of_scope": len(out_of_scope),
         "intents": len(label2id),
         "validation": {
             "accuracy": val_scores["accuracy"],

@@ -1,0 +1,250 @@
+"""Review in Django admin: the queue, its verdicts, conversation filters, CSV, candidate intents."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from chatbot import selectors
+from chatbot.learning import ReviewError, review_apply
+from chatbot.models import Conversation, Intent, IntentExample, Message
+
+QUEUE = "admin:chatbot_reviewitem_changelist"
+
+
+def turn(
+    conversation: Conversation,
+    text: str,
+    *,
+    intent: Intent | None,
+    confidence: float,
+    decision: str = "answer",
+    priority: float = 0.0,
+) -> Message:
+    """A customer message and the bot's reply to it, as the chat stores them."""
+    question = Message.objects.create(
+        conversation=conversation, role="customer", text=text, review_priority=priority
+    )
+    Message.objects.create(
+        conversation=conversation,
+        role="bot",
+        text="...",
+        in_reply_to=question,
+        decision=decision,
+        intent=intent,
+        confidence=confidence,
+    )
+    return question
+
+
+@pytest.fixture
+def intents(db) -> dict[str, Intent]:
+    names = ("card_lost", "opening_hours", "refund_request")
+    return {name: Intent.objects.create(name=name) for name in names}
+
+
+@pytest.fixture
+def queue(intents) -> list[Message]:
+    conversation = Conversation.objects.create()
+    return [
+        turn(conversation, "my card is gone", intent=intents["card_lost"], confidence=0.9),
+        turn(
+            conversation,
+            "when do you close on sunday",
+            intent=intents["card_lost"],
+            confidence=0.41,
+            decision="clarify",
+            priority=1.6,
+        ),
+        turn(
+            conversation,
+            "i want my money back",
+            intent=intents["opening_hours"],
+            confidence=0.55,
+            priority=0.9,
+        ),
+    ]
+
+
+def act(client: Client, action: str, messages: list[Message], **fields) -> str:
+    response = client.post(
+        reverse(QUEUE),
+        {"action": action, "_selected_action": [m.pk for m in messages], **fields},
+        follow=True,
+    )
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def test_the_queue_lists_the_most_useful_messages_first_and_opens_on_what_is_left(
+    admin_client: Client, queue: list[Message]
+) -> None:
+    # given
+    queue[2].review = Message.Review.SKIPPED
+    queue[2].save()
+
+    # when
+    response = admin_client.get(reverse(QUEUE), follow=True)
+
+    # then: the unsure clarify turn first; the skipped one is no longer waiting
+    shown = [m.text for m in response.context["cl"].result_list]
+    assert shown == ["when do you close on sunday", "my card is gone"]
+    assert response.redirect_chain[0][0].endswith("?review=todo")
+
+
+def test_confirming_makes_the_message_a_reviewed_example_of_the_predicted_intent(
+    admin_client: Client, queue: list[Message], intents
+) -> None:
+    # when
+    page = act(admin_client, "confirm", [queue[0]])
+
+    # then
+    example = IntentExample.objects.get(message=queue[0])
+    assert (example.intent, example.text, example.source) == (
+        intents["card_lost"],
+        "my card is gone",
+        "reviewed",
+    )
+    queue[0].refresh_from_db()
+    assert queue[0].review == "confirmed"
+    assert queue[0].reviewed_by.username == "admin"
+    assert "1 message(s) confirmed" in page
+
+
+def test_relabelling_replaces_an_earlier_verdict_and_its_example(
+    admin_client: Client, queue: list[Message], intents
+) -> None:
+    # given: first confirmed as card_lost (wrongly)
+    act(admin_client, "confirm", [queue[1]])
+
+    # when
+    act(admin_client, "relabel", [queue[1]], intent=intents["opening_hours"].pk)
+
+    # then
+    examples = IntentExample.objects.filter(text="when do you close on sunday")
+    assert [e.intent.name for e in examples] == ["opening_hours"]
+    assert examples[0].message == queue[1]
+
+
+def test_relabelling_to_a_new_intent_creates_it_on_the_spot(
+    admin_client: Client, queue: list[Message]
+) -> None:
+    # when
+    page = act(admin_client, "relabel", [queue[2]], new_intent="Refund status")
+
+    # then
+    intent = Intent.objects.get(name="refund_status")
+    assert list(intent.examples.values_list("text", flat=True)) == ["i want my money back"]
+    assert "has no answer yet" in page
+
+
+def test_out_of_scope_and_skip_record_the_verdict_without_an_example(
+    admin_client: Client, queue: list[Message]
+) -> None:
+    # when
+    act(admin_client, "mark_out_of_scope", [queue[1]])
+    act(admin_client, "skip", [queue[2]])
+
+    # then
+    queue[1].refresh_from_db()
+    queue[2].refresh_from_db()
+    assert (queue[1].review, queue[2].review) == ("out_of_scope", "skipped")
+    assert not IntentExample.objects.filter(message__in=queue).exists()
+
+
+def test_relabel_without_an_intent_is_refused_and_changes_nothing(
+    admin_client: Client, queue: list[Message]
+) -> None:
+    # when
+    page = act(admin_client, "relabel", [queue[0]])
+
+    # then
+    assert "Choose an intent" in page
+    queue[0].refresh_from_db()
+    assert queue[0].review == ""
+    with pytest.raises(ReviewError):
+        review_apply(message_ids=[queue[0].pk], verdict="nonsense")
+
+
+def test_conversation_filters_and_csv_export(
+    admin_client: Client, queue: list[Message], intents
+) -> None:
+    # given: a second conversation, handed off and fully reviewed
+    other = Conversation.objects.create(status=Conversation.Status.NEEDS_HUMAN)
+    human = turn(other, "let me talk to someone", intent=intents["refund_request"], confidence=0.99)
+    Message.objects.filter(in_reply_to=human).update(decision="handoff")
+    review_apply(message_ids=[human.pk], verdict="confirmed")
+    changelist = reverse("admin:chatbot_conversation_changelist")
+
+    def shown(**query) -> set:
+        response = admin_client.get(changelist, query)
+        assert response.status_code == 200
+        return {c.pk for c in response.context["cl"].result_list}
+
+    first = queue[0].conversation_id
+
+    # then
+    assert shown(handed_off="yes") == {other.pk}
+    assert shown(handed_off="no") == {first}
+    assert shown(reviewed="yes") == {other.pk}
+    assert shown(reviewed="no") == {first}
+    assert shown(intent=intents["opening_hours"].pk) == {first}
+    assert shown(confidence="lt50") == {first}
+    assert shown(confidence="95up") == {other.pk}
+    assert shown(status__exact="needs_human") == {other.pk}
+
+    # when
+    response = admin_client.post(
+        changelist, {"action": "export_csv", "_selected_action": [first, other.pk]}
+    )
+
+    # then
+    rows = list(csv.DictReader(io.StringIO(response.content.decode())))
+    assert response["Content-Type"].startswith("text/csv")
+    assert len(rows) == 8
+    handed = next(r for r in rows if r["text"] == "let me talk to someone")
+    assert (handed["review"], handed["reviewed_intent"]) == ("confirmed", "refund_request")
+    assert {r["decision"] for r in rows if r["role"] == "bot"} == {"answer", "clarify", "handoff"}
+
+
+def test_alike_unmatched_messages_are_grouped_as_candidate_new_intents(
+    admin_client: Client, intents
+) -> None:
+    # given: two recurring questions no intent covers, and one stray
+    conversation = Conversation.objects.create()
+    crypto = [
+        "can i buy bitcoin with my account",
+        "do you support buying bitcoin",
+        "how do i purchase bitcoin in the app",
+        "is it possible to buy bitcoin here",
+    ]
+    pets = [
+        "does my insurance cover my dog",
+        "is pet insurance included for dogs",
+        "can i get insurance for my dog",
+    ]
+    for text in [*crypto, *pets, "what's the weather like on mars"]:
+        turn(conversation, text, intent=None, confidence=0.2, decision="out_of_scope")
+
+    # when
+    groups = selectors.candidate_intents()
+
+    # then
+    assert [(g.size, set(g.examples)) for g in groups] == [(4, set(crypto)), (3, set(pets))]
+
+    # when: the admin names the first group
+    page = admin_client.get(reverse("admin:chatbot_reviewitem_candidates"))
+    admin_client.post(
+        reverse("admin:chatbot_reviewitem_candidates"),
+        {"message": groups[0].message_ids, "new_intent": "buy crypto"},
+    )
+
+    # then
+    assert "4 messages" in page.content.decode()
+    examples = IntentExample.objects.filter(intent__name="buy_crypto")
+    assert set(examples.values_list("text", flat=True)) == set(crypto)
+    assert [len(g.message_ids) for g in selectors.candidate_intents()] == [3]

@@ -1,0 +1,238 @@
+"""Training runs: gated promotion, the one-at-a-time lock, failures, rollback, the schedule."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from chatbot.learning import (
+    PromotionRule,
+    training_examples,
+    training_run_execute,
+    validation_split,
+)
+from chatbot.models import IntentExample, ModelVersion, TrainingRun
+from chatbot.runtime import get_runtime
+from training.data import Example
+
+
+@pytest.fixture
+def models_store() -> Iterator:
+    store = get_runtime().models
+    yield store
+    store.clear_live()
+
+
+@pytest.fixture
+def placeholder_live(transactional_db, models_store) -> ModelVersion:
+    """A live version row (and directory) for runs that must not get as far as training."""
+    directory = models_store.root / f"placeholder-{random.randrange(10**9)}"
+    directory.mkdir(parents=True)
+    version = ModelVersion.objects.create(
+        directory=str(directory), base_model="m", kind="full", is_live=True
+    )
+    models_store.set_live(directory.name)
+    return version
+
+
+def test_the_validation_split_is_fixed_by_the_words_and_keeps_every_intent() -> None:
+    # given
+    examples = [Example(f"phrase {i} about {label}", label) for label in "abc" for i in range(30)]
+    examples.append(Example("the only other c phrase", "d"))
+    examples.append(Example("one more d phrase", "d"))
+
+    # when
+    train, val = validation_split(examples)
+    _train_again, val_again = validation_split(list(reversed(examples)))
+
+    # then
+    assert {e.label for e in val} == {e.label for e in train} == {"a", "b", "c", "d"}
+    assert {e.text for e in val} == {e.text for e in val_again}
+    assert not {e.text for e in train} & {e.text for e in val}
+    assert 5 <= len(val) <= 20
+
+
+def scores(macro_f1: float, **recalls: tuple[float, int]) -> dict:
+    return {
+        "macro_f1": macro_f1,
+        "per_intent": {k: {"recall": r, "support": s} for k, (r, s) in recalls.items()},
+    }
+
+
+@pytest.mark.parametrize(
+    ("candidate", "promoted", "why"),
+    [
+        (scores(0.904, a=(0.9, 20), b=(0.8, 12)), True, "no intent"),
+        (scores(0.894, a=(0.9, 20), b=(0.8, 12)), False, "0.60 points below"),
+        (scores(0.95, a=(0.9, 20), b=(0.69, 12)), False, "b (11.0 points)"),
+        (scores(0.95, a=(0.9, 20), b=(0.8, 12), c=(0.0, 9)), True, "no intent"),
+    ],
+)
+def test_promotion_needs_macro_f1_within_half_a_point_and_no_intent_collapsing(
+    candidate: dict, promoted: bool, why: str
+) -> None:
+    live = scores(0.90, a=(0.9, 20), b=(0.8, 12), c=(0.9, 9))
+    rule = PromotionRule(max_f1_drop=0.5, max_intent_drop=10, min_support=10)
+
+    verdict, reason = rule.verdict(candidate, live)
+
+    assert verdict is promoted
+    assert why in reason
+
+
+def test_a_candidate_trained_on_shuffled_labels_is_kept_but_not_promoted(
+    knowledge_base: str, models_store, settings
+) -> None:
+    # given: a first run, which becomes live
+    settings.CHATBOT_RETRAIN_EPOCHS = 1
+    first = training_run_execute(trigger=TrainingRun.Trigger.MANUAL)
+    assert first.status == TrainingRun.Status.PROMOTED, first.error
+    live = ModelVersion.objects.get(is_live=True)
+    assert first.model_version == live
+    assert first.metrics["live"] is None
+    assert (first.progress, first.dataset_size) == (100.0, IntentExample.objects.count())
+
+    # given: the training part of the data relabelled at random (validation stays true)
+    train, _ = validation_split(training_examples())
+    rows = list(IntentExample.objects.filter(text__in={e.text for e in train}))
+    intents = [row.intent_id for row in rows]
+    random.Random(0).shuffle(intents)
+    for row, intent in zip(rows, intents, strict=True):
+        IntentExample.objects.filter(pk=row.pk).update(intent_id=intent)
+
+    # when
+    run = training_run_execute(trigger=TrainingRun.Trigger.MANUAL)
+
+    # then
+    assert run.status == TrainingRun.Status.KEPT, run.error
+    assert "below the live model" in run.reason
+    assert run.metrics["candidate"]["macro_f1"] < run.metrics["live"]["macro_f1"] - 0.005
+    assert ModelVersion.objects.get(is_live=True) == live
+    assert models_store.live() == Path(live.directory).name
+    assert run.model_version and not run.model_version.is_live
+    assert set(run.per_intent) == {e.label for e in validation_split(training_examples())[1]}
+
+    # when: the nightly run finds nothing reviewed since the live model
+    nightly = training_run_execute()
+
+    # then
+    assert nightly.status == TrainingRun.Status.SKIPPED
+    assert "Nothing was reviewed" in nightly.reason
+
+
+def test_one_run_at_a_time_and_a_run_whose_worker_died_is_marked_failed(
+    placeholder_live: ModelVersion,
+) -> None:
+    # given: a run training elsewhere right now
+    busy = TrainingRun.objects.create(
+        trigger="nightly", status="running", heartbeat_at=timezone.now()
+    )
+
+    # when
+    skipped = training_run_execute()
+
+    # then
+    assert skipped.status == TrainingRun.Status.SKIPPED
+    assert f"Run {busy.pk} is training" in skipped.reason
+
+    # given: that run's worker was killed an hour ago
+    TrainingRun.objects.filter(pk=busy.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    queued = TrainingRun.objects.create(trigger="nightly")
+
+    # when
+    after = training_run_execute(run_id=queued.pk)
+
+    # then: the dead run is failed; this one took the lock (and, nothing being new, stopped)
+    busy.refresh_from_db()
+    assert busy.status == TrainingRun.Status.FAILED
+    assert "worker stopped" in busy.error
+    assert after.status == TrainingRun.Status.SKIPPED
+    assert "Nothing was reviewed" in after.reason
+
+    # when: the same message is delivered again (acks_late after a lost ack)
+    again = training_run_execute(run_id=queued.pk)
+
+    # then: nothing happens twice
+    assert (again.status, again.finished_at) == (after.status, after.finished_at)
+
+
+def test_a_failed_run_records_why_and_leaves_the_live_model_alone(
+    knowledge_base: str, placeholder_live: ModelVersion, settings, tmp_path: Path
+) -> None:
+    # given: a base model that cannot load
+    settings.CHATBOT_BASE_MODEL = str(tmp_path / "no-such-model")
+    versions = ModelVersion.objects.count()
+
+    # when
+    run = training_run_execute(trigger=TrainingRun.Trigger.MANUAL)
+
+    # then
+    assert run.status == TrainingRun.Status.FAILED
+    assert "no-such-model" in run.error
+    assert "Traceback" in run.log_tail
+    assert ModelVersion.objects.count() == versions
+    assert ModelVersion.objects.get(is_live=True) == placeholder_live
+    assert get_runtime().models.live() == Path(placeholder_live.directory).name
+
+
+def test_admin_rolls_back_to_the_previous_live_version_and_plots_versions(
+    admin_client: Client, transactional_db, models_store
+) -> None:
+    # given: v1 then v2 made live from the admin
+    versions = []
+    for name, accuracy in (("roll-a", 0.91), ("roll-b", 0.87)):
+        (models_store.root / name).mkdir(parents=True)
+        versions.append(
+            ModelVersion.objects.create(
+                directory=str(models_store.root / name),
+                base_model="m",
+                kind="full",
+                metrics={"validation": {"accuracy": accuracy, "macro_f1": accuracy - 0.01}},
+            )
+        )
+    changelist = reverse("admin:chatbot_modelversion_changelist")
+    for version in versions:
+        admin_client.post(changelist, {"action": "make_live", "_selected_action": [version.pk]})
+    assert models_store.live() == "roll-b"
+
+    # when
+    response = admin_client.post(reverse("admin:chatbot_modelversion_rollback"), follow=True)
+
+    # then
+    assert "Rolled back" in response.content.decode()
+    assert ModelVersion.objects.get(is_live=True) == versions[0]
+    assert models_store.live() == "roll-a"
+    page = admin_client.get(changelist).content.decode()
+    assert 'data-testid="versions-plot"' in page
+    assert page.count("<polyline") == 2
+    assert f"v{versions[1].pk}: 87.0%" in page
+
+
+def test_runs_are_started_from_the_admin_and_scheduled_nightly_at_three(
+    admin_client: Client, transactional_db
+) -> None:
+    from django_celery_beat.models import PeriodicTask
+
+    from chatbot.celery import app
+
+    # when
+    response = admin_client.post(reverse("admin:chatbot_trainingrun_start"), follow=True)
+
+    # then
+    run = TrainingRun.objects.get()
+    assert (run.trigger, run.status) == ("manual", "queued")
+    assert "queued for the worker" in response.content.decode()
+    nightly = PeriodicTask.objects.get(task="chatbot.tasks.model_retrain")
+    assert (nightly.crontab.hour, nightly.crontab.minute, nightly.enabled) == ("3", "0", True)
+    assert "chatbot.tasks.model_retrain" in app.tasks
+    listing = admin_client.get(reverse("admin:chatbot_trainingrun_changelist"))
+    assert "Start a training run now" in listing.content.decode()
+    detail = admin_client.get(reverse("admin:chatbot_trainingrun_change", args=[run.pk]))
+    assert detail.status_code == 200
