@@ -59,6 +59,7 @@ class Runtime:
         self._loading: str | None = None  # a version loading in the background
         self._unloadable: str | None = None  # a version that failed to load
         self._watching = False
+        self._watch_lock = threading.Lock()
         self._lock = threading.Lock()
         self.batcher: MicroBatcher[str, Analysis] = MicroBatcher(
             self.analyse_batch, max_batch=max_batch, max_wait_ms=max_wait_ms, name="agent"
@@ -115,7 +116,8 @@ class Runtime:
 
     def watch(self, every_s: float) -> None:
         """Check the live pointers every `every_s` seconds, so an idle process swaps too."""
-        with self._lock:
+        # Not self._lock: a model loading under it must never stall the event loop here.
+        with self._watch_lock:
             if self._watching:
                 return
             self._watching = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -16,6 +17,12 @@ from urllib.parse import quote
 
 import pytest
 from django.conf import settings
+
+from chatbot.models import ModelVersion
+from retrieval.store import VersionStore
+from training.config import TrainConfig
+from training.data import Example
+from training.train import train
 
 # Frames above this size are refused by daphne itself (it drops the connection); below
 # it, the consumer answers an over-long message with an error frame.
@@ -149,3 +156,51 @@ def daphne_server(
         yield daphne.start()
     finally:
         daphne.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_model(data_dir: Path) -> tuple[Path, dict]:
+    """One epoch on the demo knowledge base's examples, written into the models store.
+
+    Split as the learning loop splits, so its validation examples are never trained on.
+    """
+    from chatbot.knowledge import DEMO_KNOWLEDGE_BASE
+    from chatbot.learning import validation_split
+
+    intents = json.loads(DEMO_KNOWLEDGE_BASE.read_text())["intents"]
+    examples = [Example(text, i["name"]) for i in intents for text in i["examples"]]
+    train_set, val_set = validation_split(examples)
+    store = VersionStore(data_dir / "models")
+    metrics: dict = {}
+    version = store.write(
+        lambda d: metrics.update(train(TrainConfig(epochs=1), train_set, val_set, d))
+    )
+    return store.path(version), metrics
+
+
+@pytest.fixture
+def live_model(knowledge_base, demo_model) -> Iterator[ModelVersion]:
+    """The demo model, registered and live for the test."""
+    from chatbot.learning import model_promote
+    from chatbot.runtime import get_runtime
+
+    directory, metrics = demo_model
+    version = ModelVersion.objects.create(
+        directory=str(directory), base_model=metrics["base_model"], kind="full", metrics=metrics
+    )
+    model_promote(model_version=version)
+    serve_now(version)
+    yield version
+    get_runtime().models.clear_live()
+
+
+def serve_now(version: ModelVersion, timeout: float = 60) -> None:
+    """Wait until this process's runtime answers with `version` (it swaps in the background)."""
+    from chatbot.runtime import get_runtime
+
+    runtime = get_runtime()
+    name = Path(version.directory).name
+    deadline = time.monotonic() + timeout
+    while runtime.classifier()[1] != name:
+        assert time.monotonic() < deadline, f"{name} was not served within {timeout} s"
+        time.sleep(0.05)

@@ -3,47 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from channels.db import database_sync_to_async
 
-from chatbot.knowledge import DEMO_KNOWLEDGE_BASE
-from chatbot.learning import model_promote
 from chatbot.models import Message, ModelVersion
 from chatbot.runtime import get_runtime
-from retrieval.store import VersionStore
 from tests.chatbot.test_consumer import open_chat, send_message
-from training.config import TrainConfig
-from training.data import Example, stratified_split
-from training.train import train
-
-
-@pytest.fixture(scope="session")
-def demo_model(data_dir: Path) -> tuple[Path, dict]:
-    """One epoch on the demo knowledge base's examples, written into the models store."""
-    intents = json.loads(DEMO_KNOWLEDGE_BASE.read_text())["intents"]
-    examples = [Example(text, i["name"]) for i in intents for text in i["examples"]]
-    train_set, val_set = stratified_split(examples, val_fraction=0.1, seed=1)
-    store = VersionStore(data_dir / "models")
-    metrics: dict = {}
-    version = store.write(
-        lambda d: metrics.update(train(TrainConfig(epochs=1), train_set, val_set, d))
-    )
-    return store.path(version), metrics
-
-
-@pytest.fixture
-def live_model(knowledge_base, demo_model) -> Iterator[ModelVersion]:
-    directory, metrics = demo_model
-    version = ModelVersion.objects.create(
-        directory=str(directory), base_model=metrics["base_model"], kind="full", metrics=metrics
-    )
-    model_promote(model_version=version)
-    yield version
-    get_runtime().models.clear_live()
 
 
 async def test_the_reply_comes_from_the_live_model_with_calibrated_probabilities(

@@ -24,10 +24,9 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from websockets.sync.client import connect
 
-from chatbot.learning import training_examples, training_run_execute, validation_split
+from chatbot.learning import training_examples, validation_split
 from chatbot.models import Intent, Message, ModelVersion, TrainingRun
-from chatbot.runtime import get_runtime
-from tests.chatbot.conftest import Daphne, LiveServer, database_url
+from tests.chatbot.conftest import LiveServer, database_url
 
 pytestmark = pytest.mark.server
 
@@ -122,17 +121,8 @@ def celery_worker(redis_broker: str, data_dir: Path, tmp_path: Path) -> Iterator
         worker.kill()
 
 
-@pytest.fixture
-def live_demo_model(knowledge_base: str, settings) -> Iterator[ModelVersion]:
-    settings.CHATBOT_RETRAIN_EPOCHS = 1
-    run = training_run_execute(trigger=TrainingRun.Trigger.MANUAL)
-    assert run.status == TrainingRun.Status.PROMOTED, run.error
-    yield run.model_version
-    get_runtime().models.clear_live()
-
-
 def test_reviewed_conversations_retrain_through_the_worker_and_go_live_without_a_restart(
-    live_demo_model: ModelVersion,
+    live_model: ModelVersion,
     celery_worker: Path,
     daphne_factory,
 ) -> None:
@@ -178,7 +168,7 @@ def test_reviewed_conversations_retrain_through_the_worker_and_go_live_without_a
     # then: promoted, having been scored against the live model on the same validation set
     assert run.status == TrainingRun.Status.PROMOTED, (run.reason, run.error, run.log_tail)
     assert run.new_examples == len(GHOST_DROP)
-    assert run.metrics["live_version"] == live_demo_model.pk
+    assert run.metrics["live_version"] == live_model.pk
     assert any(0 < p < 100 for p in progress_seen), progress_seen
     assert ModelVersion.objects.get(is_live=True) == run.model_version
 

@@ -13,12 +13,12 @@ from channels.db import database_sync_to_async
 from chatbot.learning import model_promote
 from chatbot.models import Conversation, Message, ModelVersion
 from chatbot.runtime import get_runtime
-from tests.chatbot.test_agent_model import demo_model  # noqa: F401 - session fixture
+from tests.chatbot.conftest import serve_now
 from tests.chatbot.test_consumer import open_chat, send_message
 
 
 @pytest.fixture
-def live_policy(knowledge_base, demo_model) -> Iterator[Callable[..., ModelVersion]]:  # noqa: F811
+def live_policy(knowledge_base, demo_model) -> Iterator[Callable[..., ModelVersion]]:
     """Make a copy of the demo model live with the given policy thresholds."""
     store = get_runtime().models
 
@@ -33,6 +33,7 @@ def live_policy(knowledge_base, demo_model) -> Iterator[Callable[..., ModelVersi
             directory=str(copy), base_model=metrics["base_model"], kind="full", metrics=metrics
         )
         model_promote(model_version=version)
+        serve_now(version)
         return version
 
     yield make
