@@ -115,7 +115,13 @@ class Agent:
             ranked = [IntentScore(i, round(p, 4)) for i, p in analysis.prediction.top_k]
         else:
             ranked = rank_intents(analysis.example_hits)
-        similarity = analysis.example_hits[0].score
+        # What the out-of-scope check reads: the similarity to the model's training examples in
+        # its own space; without a model, the nearest example's by the base encoder.
+        similarity = (
+            analysis.prediction.similarity
+            if analysis.prediction is not None and analysis.prediction.similarity is not None
+            else analysis.example_hits[0].score
+        )
         if chosen_intent:
             decision, intent = ANSWER, chosen_intent
         else:

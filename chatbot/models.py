@@ -162,7 +162,10 @@ class Message(models.Model):
     )
     template_similarity = models.FloatField(null=True, blank=True)
     nearest_similarity = models.FloatField(
-        null=True, blank=True, help_text="Cosine similarity of the nearest known example."
+        null=True,
+        blank=True,
+        help_text="Similarity to the known examples that the out-of-scope check read: mean "
+        "cosine of the 5 nearest in the live model's space (base encoder's nearest without one).",
     )
     suggestions = models.JSONField(default=list, blank=True)
     model_version = models.ForeignKey(

@@ -159,11 +159,7 @@ class Runtime:
             if index is not None
             else [[] for _ in texts]
         )
-        policy = (
-            Policy.from_dict(classifier.thresholds["policy"])
-            if classifier and "policy" in classifier.thresholds
-            else ANSWER_ALL
-        )
+        policy = classifier.policy if classifier else ANSWER_ALL
         return [
             Analysis(vector, hit, index, prediction, model_version, policy)
             for vector, hit, prediction in zip(vectors, hits, predictions, strict=True)

@@ -14,17 +14,22 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Decision:
-    prediction: Prediction
-    similarity: float  # to the nearest training example (frozen base encoder)
-    decision: str  # answer | clarify | out_of_scope
-
-
-@dataclass(frozen=True)
 class Prediction:
     intent: str
     confidence: float  # calibrated probability of `intent`
     top_k: tuple[tuple[str, float], ...]  # best first, including `intent`
+    # Mean cosine similarity of the 5 nearest training examples, in the model's space.
+    similarity: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    prediction: Prediction
+    decision: str  # answer | clarify | out_of_scope
+
+    @property
+    def similarity(self) -> float:
+        return self.prediction.similarity
 
 
 def quantize_int8(model):
@@ -57,8 +62,7 @@ class IntentClassifier:
         self.device = device
         self.int8 = int8
         self.path: Path | None = None
-        self._base_encoder = None
-        self._neighbours: np.ndarray | None = None
+        self._neighbours = None  # FAISS index of the training examples, loaded when first needed
 
     @classmethod
     def from_dir(
@@ -85,12 +89,17 @@ class IntentClassifier:
         return classifier
 
     def logits(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+        return self._run(texts, batch_size=batch_size)[0]
+
+    def _run(self, texts: Sequence[str], *, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and pooled embeddings, one forward pass."""
         from training.train import Batcher, run_model
 
         if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
+            hidden = self.model.head.in_features
+            return np.zeros((0, len(self.labels)), np.float32), np.zeros((0, hidden), np.float32)
         batcher = Batcher(self.tokenizer, texts, max_length=self.max_length)
-        return run_model(self.model, batcher, self.device, batch_size=batch_size)
+        return run_model(self.model, batcher, self.device, batch_size=batch_size, both=True)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Calibrated probabilities, one row per text, columns in `self.labels` order."""
@@ -99,46 +108,52 @@ class IntentClassifier:
         return softmax(self.logits(texts) / self.temperature)
 
     def predict(self, texts: Sequence[str], *, k: int = 3) -> list[Prediction]:
-        probs = self.predict_proba(texts)
+        """Top-k intents with calibrated probabilities, and each text's similarity to the
+        training examples (what the out-of-scope check reads), from one forward pass."""
+        from training.train import softmax
+
+        logits, embeddings = self._run(texts)
+        probs = softmax(logits / self.temperature)
+        similarity = self._similarity(embeddings)
         k = min(k, len(self.labels))
         predictions = []
-        for row in probs:
+        for row, sim in zip(probs, similarity, strict=True):
             best = np.argsort(-row)[:k]
             top = tuple((self.labels[i], float(row[i])) for i in best)
-            predictions.append(Prediction(top[0][0], top[0][1], top))
+            predictions.append(Prediction(top[0][0], top[0][1], top, float(sim)))
         return predictions
 
-    def nearest_similarity(self, texts: Sequence[str]) -> np.ndarray:
-        """Cosine similarity of each text to its nearest training example, by the base encoder."""
-        from retrieval.encoder import SentenceEncoder
-        from training.train import NEIGHBOURS_FILE
+    def _similarity(self, embeddings: np.ndarray) -> np.ndarray:
+        import faiss
+
+        from training.train import NEIGHBOURS_FILE, NEIGHBOURS_K
 
         if self._neighbours is None:
-            self._base_encoder = SentenceEncoder.from_pretrained(
-                self.meta["base_model"], device=self.device
-            )
-            self._neighbours = np.load(self.path / NEIGHBOURS_FILE).astype(np.float32)
-            self._neighbours /= np.linalg.norm(self._neighbours, axis=1, keepdims=True)
-        vectors = self._base_encoder.encode(list(texts))
-        return np.concatenate(
-            [
-                (vectors[i : i + 512] @ self._neighbours.T).max(axis=1)
-                for i in range(0, len(vectors), 512)
-            ]
-        )
+            neighbours = np.load(self.path / NEIGHBOURS_FILE).astype(np.float32)
+            faiss.normalize_L2(neighbours)
+            index = faiss.IndexFlatIP(neighbours.shape[1])
+            index.add(neighbours)
+            self._neighbours = index
+        if not len(embeddings):
+            return np.zeros(0, np.float32)
+        queries = np.ascontiguousarray(embeddings, dtype=np.float32)
+        faiss.normalize_L2(queries)
+        scores, _ = self._neighbours.search(queries, min(NEIGHBOURS_K, self._neighbours.ntotal))
+        return scores.mean(axis=1)
+
+    def nearest_similarity(self, texts: Sequence[str]) -> np.ndarray:
+        """Mean cosine similarity of each text to its 5 nearest training examples."""
+        return np.array([p.similarity for p in self.predict(texts, k=1)], dtype=np.float32)
+
+    @property
+    def policy(self):
+        from training.policy import ANSWER_ALL, Policy
+
+        if "policy" not in self.thresholds:
+            return ANSWER_ALL
+        return Policy.from_dict(self.thresholds["policy"])
 
     def decide(self, texts: Sequence[str]) -> list[Decision]:
         """Predictions with the policy's decision, as the chat would take it."""
-        from training.policy import ANSWER_ALL, Policy
-
-        policy = (
-            Policy.from_dict(self.thresholds["policy"])
-            if "policy" in self.thresholds
-            else ANSWER_ALL
-        )
-        predictions = self.predict(texts)
-        similarity = self.nearest_similarity(texts)
-        return [
-            Decision(p, float(s), policy.decide(p.confidence, float(s)))
-            for p, s in zip(predictions, similarity, strict=True)
-        ]
+        policy = self.policy
+        return [Decision(p, policy.decide(p.confidence, p.similarity)) for p in self.predict(texts)]

@@ -48,6 +48,13 @@ class IntentModel(nn.Module):
     def forward(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         return self.head(self.dropout(self.embed(input_ids, attention_mask, token_type_ids)))
 
+    def forward_with_embedding(
+        self, input_ids, attention_mask, token_type_ids=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the pooled embedding they came from, in one pass."""
+        pooled = self.embed(input_ids, attention_mask, token_type_ids)
+        return self.head(self.dropout(pooled)), pooled
+
 
 def load_encoder(base_model: str, *, dropout: float | None = None) -> nn.Module:
     from transformers import AutoConfig, AutoModel

@@ -119,20 +119,33 @@ class Batcher:
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def run_model(model, batcher: Batcher, device: str, *, embed: bool = False, batch_size=128):
-    """Logits (or pooled embeddings) for every row of `batcher`, in row order."""
+def run_model(
+    model, batcher: Batcher, device: str, *, embed: bool = False, both: bool = False, batch_size=128
+):
+    """Logits (or pooled embeddings, or both) for every row of `batcher`, in row order."""
     import torch
 
     model.eval()
-    outputs: list[np.ndarray] = [None] * len(batcher.lengths)  # type: ignore[list-item]
+    rows = len(batcher.lengths)
+    logits: list[np.ndarray] = [None] * rows  # type: ignore[list-item]
+    embeddings: list[np.ndarray] = [None] * rows  # type: ignore[list-item]
     amp = _autocast(device)
     with torch.inference_mode(), amp:
         for indices in batcher.in_order(batch_size):
             batch = batcher.batch(indices, device)
-            result = model.embed(**batch) if embed else model(**batch)
-            for i, row in zip(indices, result.float().cpu().numpy(), strict=True):
-                outputs[i] = row
-    return np.stack(outputs)
+            if embed:
+                pooled, scores = model.embed(**batch), None
+            else:
+                scores, pooled = model.forward_with_embedding(**batch)
+            for n, i in enumerate(indices):
+                embeddings[i] = pooled[n].float().cpu().numpy()
+                if scores is not None:
+                    logits[i] = scores[n].float().cpu().numpy()
+    if embed:
+        return np.stack(embeddings)
+    if both:
+        return np.stack(logits), np.stack(embeddings)
+    return np.stack(logits)
 
 
 def _autocast(device: str):
@@ -171,13 +184,19 @@ def _parameter_groups(model, config: TrainConfig):
     ]
 
 
-def _nearest_similarity(queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each query to its nearest key."""
+NEIGHBOURS_K = 5
+
+
+def knn_similarity(queries: np.ndarray, keys: np.ndarray, k: int = NEIGHBOURS_K) -> np.ndarray:
+    """Mean cosine similarity of each query to its `k` nearest keys (brute force, in blocks)."""
     queries = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(min=1e-9)
     keys = keys / np.linalg.norm(keys, axis=1, keepdims=True).clip(min=1e-9)
-    return np.concatenate(
-        [(queries[i : i + 1024] @ keys.T).max(axis=1) for i in range(0, len(queries), 1024)]
-    )
+    k = min(k, len(keys))
+    blocks = []
+    for i in range(0, len(queries), 1024):
+        sims = queries[i : i + 1024] @ keys.T
+        blocks.append(np.partition(sims, -k, axis=1)[:, -k:].mean(axis=1))
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
 
 
 def _state(model) -> dict:
@@ -247,16 +266,9 @@ def train(
     y_train = np.array([label2id[e.label] for e in train_examples])
     y_val = np.array([label2id[e.label] for e in val_examples])
 
-    # 1. Frozen embeddings: the linear probe copied into the head, and each validation
-    #    message's similarity to its nearest training example (for the out-of-scope policy).
+    # 1. Frozen embeddings: the linear probe copied into the head.
     report(0.02, "linear probe")
     features = run_model(model, train_batcher, device, embed=True)
-    nearest = _nearest_similarity(run_model(model, val_batcher, device, embed=True), features)
-    if out_of_scope:
-        oos_batcher = Batcher(tokenizer, list(out_of_scope), max_length=config.max_length)
-        oos_nearest = _nearest_similarity(
-            run_model(model, oos_batcher, device, embed=True), features
-        )
     probe_scores = None
     if config.probe_init:
         weight, bias = fit_probe(features, y_train, len(label2id))
@@ -339,7 +351,8 @@ def train(
     model.load_state_dict(best_state)
     train_seconds = time.perf_counter() - started
 
-    # 3. Calibrate on validation, then measure what int8 would cost there.
+    # 3. Calibrate on validation; fit the policy on the same split, with the training examples
+    #    in the fine-tuned space as the known examples; then measure what int8 would cost.
     report(0.92, "calibrating")
     val_scores, val_logits = _validation_scores(model, val_batcher, y_val, device)
     temperature = fit_temperature(val_logits, y_val)
@@ -351,17 +364,21 @@ def train(
         probs.max(axis=1),
     )
     correct = probs.argmax(axis=1) == y_val
+    neighbours = run_model(model, train_batcher, device, embed=True)
+    similarity = knn_similarity(run_model(model, val_batcher, device, embed=True), neighbours)
+    confidence = probs.max(axis=1)
     if out_of_scope:
-        oos_confidence = softmax(run_model(model, oos_batcher, device) / temperature).max(axis=1)
+        oos_batcher = Batcher(tokenizer, list(out_of_scope), max_length=config.max_length)
+        oos_logits, oos_embeddings = run_model(model, oos_batcher, device, both=True)
         policy = fit_policy(
-            np.concatenate([probs.max(axis=1), oos_confidence]),
-            np.concatenate([correct, np.zeros(len(oos_confidence), bool)]),
-            np.concatenate([nearest, oos_nearest]),
-            is_oos=np.arange(len(correct) + len(oos_confidence)) >= len(correct),
+            np.concatenate([confidence, softmax(oos_logits / temperature).max(axis=1)]),
+            np.concatenate([correct, np.zeros(len(oos_logits), bool)]),
+            np.concatenate([similarity, knn_similarity(oos_embeddings, neighbours)]),
+            is_oos=np.arange(len(correct) + len(oos_logits)) >= len(correct),
         )
     else:
-        policy = fit_policy(probs.max(axis=1), correct, nearest)
-    decisions = [policy.decide(c, s) for c, s in zip(probs.max(axis=1), nearest, strict=True)]
+        policy = fit_policy(confidence, correct, similarity)
+    decisions = [policy.decide(c, s) for c, s in zip(confidence, similarity, strict=True)]
     kind = "lora" if config.lora else "full"
     meta = {
         "kind": kind,
@@ -374,8 +391,8 @@ def train(
     from training.model import save_model
 
     save_model(model, tokenizer, out_dir, meta=meta)
-    # Frozen embeddings of the training examples, for the out-of-scope similarity at evaluation.
-    np.save(out_dir / NEIGHBOURS_FILE, features.astype(np.float16))
+    # The training examples in the fine-tuned space: the known examples of the out-of-scope check.
+    np.save(out_dir / NEIGHBOURS_FILE, neighbours.astype(np.float16))
     int8 = _int8_check(out_dir, val_batcher, y_val, val_scores["accuracy"], config)
 
     thresholds = {"temperature": temperature, "int8": int8["use"], "policy": policy.to_dict()}

@@ -42,7 +42,7 @@ def live_policy(knowledge_base, demo_model) -> Iterator[Callable[..., ModelVersi
 
 async def test_an_unsure_bot_asks_to_clarify_and_a_choice_gets_that_answer(live_policy) -> None:
     # given: a policy that never answers on its own
-    await database_sync_to_async(live_policy)(answer=1.01, oos_confidence=0.0, oos_similarity=0.0)
+    await database_sync_to_async(live_policy)(answer=1.01)
     communicator, _ = await open_chat()
 
     # when
@@ -67,7 +67,7 @@ async def test_an_unsure_bot_asks_to_clarify_and_a_choice_gets_that_answer(live_
 
 async def test_out_of_scope_then_repeated_failures_hand_off_to_a_person(live_policy) -> None:
     # given: a policy that declines everything
-    await database_sync_to_async(live_policy)(answer=1.01, oos_confidence=1.01, oos_similarity=1.01)
+    await database_sync_to_async(live_policy)(answer=1.01, oos_threshold=1e9)
     communicator, history = await open_chat()
 
     # when
@@ -88,7 +88,7 @@ async def test_a_handed_off_chat_gets_no_bot_answers_and_staff_replies_arrive_li
     live_policy, admin_client
 ) -> None:
     # given: a customer asks for a person
-    await database_sync_to_async(live_policy)(answer=0.0, oos_confidence=0.0, oos_similarity=0.0)
+    await database_sync_to_async(live_policy)(answer=0.0)
     communicator, history = await open_chat()
     handoff = await send_message(communicator, "I want to talk to a real person", "h-1")
     assert handoff["decision"] == "handoff" and handoff["intent"] == "talk_to_human"

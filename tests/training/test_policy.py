@@ -3,6 +3,7 @@ import pytest
 
 from training.policy import (
     ANSWER,
+    ANSWER_ALL,
     CLARIFY,
     OUT_OF_SCOPE,
     Policy,
@@ -22,14 +23,31 @@ def test_answer_threshold_is_the_lowest_that_reaches_the_target_accuracy() -> No
     assert answer_threshold(confidence, ~correct & False, target_accuracy=0.9) > 0.99
 
 
-def test_decide_answers_declines_only_when_both_signals_are_low_and_else_clarifies() -> None:
-    policy = Policy(answer=0.8, oos_confidence=0.4, oos_similarity=0.5)
+def test_decide_declines_when_the_combined_score_is_low_and_else_answers_or_clarifies() -> None:
+    policy = Policy(
+        answer=0.8,
+        oos_threshold=-2.0,
+        confidence_mean=0.8,
+        confidence_scale=0.1,
+        similarity_mean=0.6,
+        similarity_scale=0.1,
+    )
 
-    assert policy.decide(0.85, 0.1) == ANSWER
-    assert policy.decide(0.3, 0.4) == OUT_OF_SCOPE
-    assert policy.decide(0.3, 0.7) == CLARIFY  # low confidence, but near a known example
-    assert policy.decide(0.6, 0.1) == CLARIFY
+    assert policy.decide(0.85, 0.6) == ANSWER
+    assert policy.decide(0.65, 0.4) == OUT_OF_SCOPE  # -1.5 + -2.0
+    assert policy.decide(0.65, 0.7) == CLARIFY  # unsure, but close to known examples
+    assert policy.decide(0.9, 0.35) == ANSWER  # -2.5 + 1.0: confident enough to make up for it
     assert Policy.from_dict(policy.to_dict()) == policy
+    assert ANSWER_ALL.decide(0.0, -1.0) == ANSWER
+
+
+def test_a_policy_saved_by_the_first_version_never_declines() -> None:
+    old = {"answer": 0.7, "oos_confidence": 0.5, "oos_similarity": 0.6}
+
+    policy = Policy.from_dict(old)
+
+    assert policy.decide(0.1, 0.0) == CLARIFY
+    assert policy.decide(0.75, 0.0) == ANSWER
 
 
 def test_fit_policy_without_out_of_scope_examples_keeps_false_declines_within_the_limit() -> None:
@@ -48,21 +66,34 @@ def test_fit_policy_without_out_of_scope_examples_keeps_false_declines_within_th
     assert correct[answered].mean() >= 0.97
 
 
-def test_fit_policy_with_out_of_scope_examples_catches_them_within_the_limit() -> None:
+def test_fit_policy_with_out_of_scope_examples_weighs_the_signal_that_catches_them() -> None:
+    # given: out-of-scope messages told apart by similarity only; confidence is noise
     rng = np.random.default_rng(1)
     n_in, n_oos = 1000, 200
-    confidence = np.concatenate([rng.beta(6, 1, n_in), rng.beta(2, 3, n_oos)])
-    similarity = np.concatenate([rng.uniform(0.6, 1.0, n_in), rng.uniform(0.2, 0.7, n_oos)])
+    confidence = rng.beta(5, 2, n_in + n_oos)
+    similarity = np.concatenate([rng.uniform(0.6, 1.0, n_in), rng.uniform(0.2, 0.62, n_oos)])
     is_oos = np.arange(n_in + n_oos) >= n_in
     correct = ~is_oos
 
-    policy = fit_policy(confidence, correct, similarity, is_oos=is_oos, max_in_scope_decline=0.02)
-
-    declined = np.array(
-        [policy.decide(c, s) == OUT_OF_SCOPE for c, s in zip(confidence, similarity, strict=True)]
+    # when
+    with_examples = fit_policy(
+        confidence, correct, similarity, is_oos=is_oos, max_in_scope_decline=0.02
     )
-    assert declined[~is_oos].mean() <= 0.02
-    assert declined[is_oos].mean() > 0.5
+    without = fit_policy(confidence[~is_oos], correct[~is_oos], similarity[~is_oos])
+
+    # then
+    def declined(policy: Policy) -> np.ndarray:
+        return np.array(
+            [
+                policy.decide(c, s) == OUT_OF_SCOPE
+                for c, s in zip(confidence, similarity, strict=True)
+            ]
+        )
+
+    assert declined(with_examples)[~is_oos].mean() <= 0.02
+    assert declined(with_examples)[is_oos].mean() > 0.9
+    assert with_examples.similarity_weight > 0.9 and with_examples.confidence_weight < 0.1
+    assert declined(with_examples)[is_oos].mean() > declined(without)[is_oos].mean() + 0.2
 
 
 def test_coverage_threshold_and_decision_shares() -> None:
