@@ -162,6 +162,7 @@ class Agent:
             timings={
                 "queue_ms": round(batched.queue_ms, 2),
                 "analyse_ms": round(batched.run_ms, 2),
+                **analysis.stages,
                 "batch_size": batched.batch_size,
                 "policy_ms": round((time.perf_counter() - policy_started) * 1000, 2),
                 "agent_ms": round((time.perf_counter() - started) * 1000, 2),

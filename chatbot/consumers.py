@@ -85,11 +85,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         message, created = await database_sync_to_async(services.customer_message_store)(
             conversation_id=self.conversation.pk, text=frame.text, client_id=frame.client_id
         )
+        store_ms = (time.perf_counter() - received_at) * 1000
         await self.send_json({"type": "ack", "id": frame.client_id, "message": str(message.pk)})
         try:
             if created:
                 reply = await services.bot_turn(
-                    customer_message=message, received_at=received_at, agent=self.agent
+                    customer_message=message,
+                    received_at=received_at,
+                    agent=self.agent,
+                    store_ms=store_ms,
                 )
             else:
                 reply = await services.reply_wait(customer_message=message)

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,6 +43,8 @@ class Analysis:
     prediction: Prediction | None = None
     model_version: str = ""
     policy: Policy = ANSWER_ALL
+    # Milliseconds of each stage of the batch this message was in.
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 class Runtime:
@@ -69,6 +71,8 @@ class Runtime:
         with self._lock:
             if self._encoder is None:
                 from retrieval.encoder import SentenceEncoder
+
+                configure_torch()
 
                 self._encoder = SentenceEncoder.from_pretrained(self.base_model)
             return self._encoder
@@ -137,6 +141,7 @@ class Runtime:
         """Load a model version; one that cannot load leaves the agent on nearest examples."""
         from training.inference import IntentClassifier
 
+        configure_torch()
         try:
             classifier = IntentClassifier.from_dir(self.models.path(version))
         except Exception:
@@ -150,18 +155,30 @@ class Runtime:
     def analyse_batch(self, texts: Sequence[str]) -> list[Analysis]:
         """Classify and embed a batch of messages, one forward pass each, and search examples."""
         texts = list(texts)
+        started = time.perf_counter()
         index = self.index()
         classifier, model_version = self.classifier()
+        loaded = time.perf_counter()
         predictions = classifier.predict(texts) if classifier else [None] * len(texts)
+        classified = time.perf_counter()
         vectors = self.encoder().encode(texts)
+        encoded = time.perf_counter()
         hits = (
             index.search_examples(vectors, EXAMPLE_NEIGHBOURS)
             if index is not None
             else [[] for _ in texts]
         )
+        searched = time.perf_counter()
         policy = classifier.policy if classifier else ANSWER_ALL
+        stages = {
+            "classify_ms": round((classified - loaded) * 1000, 2),
+            "embed_ms": round((encoded - classified) * 1000, 2),
+            "search_ms": round((searched - encoded) * 1000, 2),
+        }
+        if loaded - started > 0.01:
+            stages["load_ms"] = round((loaded - started) * 1000, 2)
         return [
-            Analysis(vector, hit, index, prediction, model_version, policy)
+            Analysis(vector, hit, index, prediction, model_version, policy, stages)
             for vector, hit, prediction in zip(vectors, hits, predictions, strict=True)
         ]
 
@@ -172,6 +189,16 @@ class Runtime:
         """Load the models in the background, ahead of the first message, and keep watching."""
         self.batcher.run_on_worker(self.analyse_batch, ["hello"])
         self.watch(settings.CHATBOT_LIVE_CHECK_SECONDS)
+
+
+@cache
+def configure_torch() -> None:
+    """Intra-op threads for this process's forward passes (CHATBOT_TORCH_THREADS; by default
+    every core, right for one process per machine; several processes should share them)."""
+    import torch
+
+    torch.set_num_threads(settings.CHATBOT_TORCH_THREADS)
+    logger.info("torch uses %d threads", torch.get_num_threads())
 
 
 @cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -113,17 +114,28 @@ def bot_reply_store(*, customer_message: Message, reply: AgentReply, latency_ms:
 
 
 async def bot_turn(
-    *, customer_message: Message, received_at: float, agent: Agent
+    *, customer_message: Message, received_at: float, agent: Agent, store_ms: float = 0.0
 ) -> Message | None:
     """Ask the agent about a stored customer message and store its reply.
 
     None when the bot must not answer: a person on the team has the conversation.
+    `store_ms` (storing the customer's message) goes into the reply's timings.
     """
+    started = time.perf_counter()
     context = await database_sync_to_async(selectors.turn_context)(message=customer_message)
     if context.status != Conversation.Status.BOT:
         return None
+    context_ms = (time.perf_counter() - started) * 1000
     chosen = context.offered.get(customer_message.text.strip().lower(), "")
     reply = await agent.respond(customer_message.text, chosen_intent=chosen)
+    reply = replace(
+        reply,
+        timings={
+            "store_ms": round(store_ms, 2),
+            "context_ms": round(context_ms, 2),
+            **reply.timings,
+        },
+    )
     if (
         reply.decision in selectors.FAILED_DECISIONS
         and context.failures_in_a_row + 1 >= settings.CHATBOT_HANDOFF_AFTER_FAILURES

@@ -214,6 +214,9 @@ CHATBOT_RETRAIN_LORA = env_bool("CHATBOT_RETRAIN_LORA", False)
 CHATBOT_PROMOTE_MAX_F1_DROP = float(env("CHATBOT_PROMOTE_MAX_F1_DROP", "0.5"))
 CHATBOT_PROMOTE_MAX_INTENT_DROP = float(env("CHATBOT_PROMOTE_MAX_INTENT_DROP", "10"))
 CHATBOT_PROMOTE_MIN_SUPPORT = int(env("CHATBOT_PROMOTE_MIN_SUPPORT", "10"))
+# Threads each process's forward passes use: all cores for one process per machine; with several
+# processes on one machine, divide the cores between them.
+CHATBOT_TORCH_THREADS = int(env("CHATBOT_TORCH_THREADS", str(os.cpu_count() or 1)))
 # How often an idle server process checks for a newly promoted model or index.
 CHATBOT_LIVE_CHECK_SECONDS = float(env("CHATBOT_LIVE_CHECK_SECONDS", "5"))
 # How many past messages a reconnecting widget receives.

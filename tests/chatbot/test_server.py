@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import urllib.request
 
@@ -177,3 +178,51 @@ async def test_the_answer_index_is_swapped_while_the_server_answers(daphne_serve
     )
     assert len(versions) >= 2
     assert replies[-1]["text"] == "Open from 08:00 every day."
+
+
+def test_the_load_test_command_chats_like_the_widget_and_checks_every_turn_is_stored(
+    daphne_server: LiveServer, tmp_path
+) -> None:
+    # given
+    from django.core.management import call_command
+
+    figures = tmp_path / "load.json"
+
+    # when
+    call_command(
+        "loadtest",
+        url=daphne_server.ws_url,
+        clients=6,
+        messages=4,
+        think=0.05,
+        json=figures,
+        stdout=io.StringIO(),
+    )
+
+    # then
+    result = json.loads(figures.read_text())
+    assert (result["replies"], result["errors"]) == (24, 0)
+    assert result["turns_sent"] == result["turns_stored"] == result["turns_answered"] == 24
+    assert 0 < result["p50_ms"] <= result["p95_ms"] <= result["p99_ms"] <= result["max_ms"]
+    assert (
+        Message.objects.filter(role="customer", client_message_id__startswith="lt-").count() == 24
+    )
+
+
+def test_the_load_test_fails_loudly_when_the_server_is_not_there() -> None:
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    from tests.chatbot.conftest import free_port
+
+    out = io.StringIO()
+    with pytest.raises(CommandError):
+        call_command(
+            "loadtest",
+            url=f"ws://127.0.0.1:{free_port()}/ws/chat/",
+            clients=2,
+            messages=1,
+            timeout=2,
+            stdout=out,
+        )
+    assert "errors               2" in out.getvalue()
