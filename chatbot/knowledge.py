@@ -104,7 +104,7 @@ def answer_index_build(*, force: bool = False) -> str:
             not force
             and previous is not None
             and previous.holds(
-                examples=examples, templates=templates, encoder_name=runtime.base_model
+                examples=examples, templates=templates, encoder_name=runtime.encoder_name
             )
         ):
             return previous.version

@@ -49,9 +49,16 @@ class Analysis:
 
 class Runtime:
     def __init__(
-        self, *, base_model: str, data_dir: Path, max_batch: int, max_wait_ms: float
+        self,
+        *,
+        base_model: str,
+        data_dir: Path,
+        max_batch: int,
+        max_wait_ms: float,
+        encoder_int8: bool = False,
     ) -> None:
         self.base_model = base_model
+        self.encoder_int8 = encoder_int8
         self.indexes = VersionStore(Path(data_dir) / "indexes")
         self.models = VersionStore(Path(data_dir) / "models")
         self._encoder = None
@@ -67,14 +74,24 @@ class Runtime:
             self.analyse_batch, max_batch=max_batch, max_wait_ms=max_wait_ms, name="agent"
         )
 
+    @property
+    def encoder_name(self) -> str:
+        """The name the encoder's vectors are recorded under (without loading it if possible)."""
+        if self._encoder is not None:
+            return self._encoder.name
+        from retrieval.encoder import encoder_name, pick_device
+
+        return encoder_name(self.base_model, int8=self.encoder_int8 and pick_device() == "cpu")
+
     def encoder(self):
         with self._lock:
             if self._encoder is None:
                 from retrieval.encoder import SentenceEncoder
 
                 configure_torch()
-
-                self._encoder = SentenceEncoder.from_pretrained(self.base_model)
+                self._encoder = SentenceEncoder.from_pretrained(
+                    self.base_model, int8=self.encoder_int8
+                )
             return self._encoder
 
     def index(self) -> KnowledgeIndex | None:
@@ -208,4 +225,5 @@ def get_runtime() -> Runtime:
         data_dir=settings.CHATBOT_DATA_DIR,
         max_batch=settings.CHATBOT_BATCH_MAX_SIZE,
         max_wait_ms=settings.CHATBOT_BATCH_WAIT_MS,
+        encoder_int8=settings.CHATBOT_ENCODER_INT8,
     )

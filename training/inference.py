@@ -10,7 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.encoder import quantize_int8
+
 logger = logging.getLogger(__name__)
+
+__all__ = ["Decision", "IntentClassifier", "Prediction", "quantize_int8"]
 
 
 @dataclass(frozen=True)
@@ -30,24 +34,6 @@ class Decision:
     @property
     def similarity(self) -> float:
         return self.prediction.similarity
-
-
-def quantize_int8(model):
-    """Dynamic int8 quantisation of every Linear layer: int8 weights, activations per batch.
-
-    Per-channel weight scales: on BANKING77 validation, per-tensor scales cost 0.7 points of
-    accuracy and per-channel 0.3, for the same speed.
-    """
-    import warnings
-
-    import torch
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated in favour of torchao
-        return quantize_dynamic(
-            model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8
-        )
 
 
 class IntentClassifier:
