@@ -224,6 +224,10 @@ def main() -> None:
         "HF_HUB_OFFLINE": "1",
         "DJANGO_SETTINGS_MODULE": "chatbot.settings",
         "LOG_LEVEL": "WARNING",
+        # As in production: DEBUG off (Django's debug mode records every SQL query).
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": "load-benchmark-only",
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
     }
     os.environ.update({k: env[k] for k in ("DATABASE_URL", "CHATBOT_DATA_DIR", "CHATBOT_VAR_DIR")})
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -82,7 +82,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self.send_json({"type": "pong"})
 
     async def customer_text(self, frame: protocol.CustomerText, received_at: float) -> None:
-        message, created = await database_sync_to_async(services.customer_message_store)(
+        message, created, context = await database_sync_to_async(services.customer_message_receive)(
             conversation_id=self.conversation.pk, text=frame.text, client_id=frame.client_id
         )
         store_ms = (time.perf_counter() - received_at) * 1000
@@ -93,6 +93,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     customer_message=message,
                     received_at=received_at,
                     agent=self.agent,
+                    context=context,
                     store_ms=store_ms,
                 )
             else:

@@ -69,6 +69,7 @@ class Runtime:
         self._unloadable: str | None = None  # a version that failed to load
         self._watching = False
         self._watch_lock = threading.Lock()
+        self._load_lock = threading.Lock()  # one model loads at a time
         self._lock = threading.Lock()
         self.batcher: MicroBatcher[str, Analysis] = MicroBatcher(
             self.analyse_batch, max_batch=max_batch, max_wait_ms=max_wait_ms, name="agent"
@@ -76,12 +77,8 @@ class Runtime:
 
     @property
     def encoder_name(self) -> str:
-        """The name the encoder's vectors are recorded under (without loading it if possible)."""
-        if self._encoder is not None:
-            return self._encoder.name
-        from retrieval.encoder import encoder_name, pick_device
-
-        return encoder_name(self.base_model, int8=self.encoder_int8 and pick_device() == "cpu")
+        """The name the encoder's vectors are recorded under (int8 or not, as loaded here)."""
+        return self.encoder().name
 
     def encoder(self):
         with self._lock:
@@ -89,9 +86,10 @@ class Runtime:
                 from retrieval.encoder import SentenceEncoder
 
                 configure_torch()
-                self._encoder = SentenceEncoder.from_pretrained(
-                    self.base_model, int8=self.encoder_int8
-                )
+                with self._load_lock:
+                    self._encoder = SentenceEncoder.from_pretrained(
+                        self.base_model, int8=self.encoder_int8
+                    )
             return self._encoder
 
     def index(self) -> KnowledgeIndex | None:
@@ -160,7 +158,8 @@ class Runtime:
 
         configure_torch()
         try:
-            classifier = IntentClassifier.from_dir(self.models.path(version))
+            with self._load_lock:  # transformers' lazy imports are not safe from two threads
+                classifier = IntentClassifier.from_dir(self.models.path(version))
         except Exception:
             logger.exception(
                 "Cannot load intent model %s; answering from nearest examples", version
@@ -203,7 +202,14 @@ class Runtime:
         return await self.batcher.submit(text)
 
     def warm_up(self) -> None:
-        """Load the models in the background, ahead of the first message, and keep watching."""
+        """Load the models in the background, ahead of the first message, and keep watching.
+
+        torch and transformers are imported here, in the caller's thread, first: their first
+        import is not safe from two threads at once (transformers' lazy module can end up
+        half-initialised, and every later `from transformers import AutoModel` fails).
+        """
+        import torch  # noqa: F401
+        from transformers import AutoModel, AutoTokenizer  # noqa: F401
         self.batcher.run_on_worker(self.analyse_batch, ["hello"])
         self.watch(settings.CHATBOT_LIVE_CHECK_SECONDS)
 

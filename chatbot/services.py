@@ -64,6 +64,17 @@ def customer_message_store(
     return message, True
 
 
+def customer_message_receive(
+    *, conversation_id: int, text: str, client_id: str
+) -> tuple[Message, bool, selectors.TurnContext | None]:
+    """Store a customer message and read what the bot needs to answer it, in one trip to the
+    database thread: (message, whether it is new, the turn's context when it is)."""
+    message, created = customer_message_store(
+        conversation_id=conversation_id, text=text, client_id=client_id
+    )
+    return message, created, selectors.turn_context(message=message) if created else None
+
+
 def bot_reply_store(*, customer_message: Message, reply: AgentReply, latency_ms: float) -> Message:
     """Store the bot's reply with what it decided and why; one reply per customer message."""
     intent = Intent.objects.filter(name=reply.intent).first() if reply.intent else None
@@ -114,28 +125,26 @@ def bot_reply_store(*, customer_message: Message, reply: AgentReply, latency_ms:
 
 
 async def bot_turn(
-    *, customer_message: Message, received_at: float, agent: Agent, store_ms: float = 0.0
+    *,
+    customer_message: Message,
+    received_at: float,
+    agent: Agent,
+    context: selectors.TurnContext | None = None,
+    store_ms: float = 0.0,
 ) -> Message | None:
     """Ask the agent about a stored customer message and store its reply.
 
-    None when the bot must not answer: a person on the team has the conversation.
-    `store_ms` (storing the customer's message) goes into the reply's timings.
+    None when the bot must not answer: a person on the team has the conversation. `context`
+    is read here unless the caller read it with the message (`customer_message_receive`);
+    `store_ms`, the time that took, goes into the reply's timings.
     """
-    started = time.perf_counter()
-    context = await database_sync_to_async(selectors.turn_context)(message=customer_message)
+    if context is None:
+        context = await database_sync_to_async(selectors.turn_context)(message=customer_message)
     if context.status != Conversation.Status.BOT:
         return None
-    context_ms = (time.perf_counter() - started) * 1000
     chosen = context.offered.get(customer_message.text.strip().lower(), "")
     reply = await agent.respond(customer_message.text, chosen_intent=chosen)
-    reply = replace(
-        reply,
-        timings={
-            "store_ms": round(store_ms, 2),
-            "context_ms": round(context_ms, 2),
-            **reply.timings,
-        },
-    )
+    reply = replace(reply, timings={"store_ms": round(store_ms, 2), **reply.timings})
     if (
         reply.decision in selectors.FAILED_DECISIONS
         and context.failures_in_a_row + 1 >= settings.CHATBOT_HANDOFF_AFTER_FAILURES

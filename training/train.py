@@ -438,8 +438,10 @@ def _int8_check(out_dir: Path, val_batcher: Batcher, y_val, fp32_accuracy: float
     quantized = quantize_int8(model)
     accuracy = float((run_model(quantized, val_batcher, "cpu").argmax(axis=1) == y_val).mean())
     drop = fp32_accuracy - accuracy
+    # On a small validation set one message is more than the tolerance: allow one.
+    allowed = max(config.quantize_tolerance, 1.0 / max(1, len(y_val)))
     return {
-        "use": drop <= config.quantize_tolerance,
+        "use": drop <= allowed + 1e-9,
         "validation_accuracy": accuracy,
         "accuracy_drop": drop,
     }

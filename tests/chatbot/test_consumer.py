@@ -81,7 +81,7 @@ async def test_message_gets_a_reply_and_both_turns_are_stored(knowledge_base: st
     assert bot.top_k[0]["intent"] == "password_reset" and 1 <= len(bot.top_k) <= 3
     assert bot.index_version == knowledge_base
     assert bot.latency_ms > 0
-    stages = {"store_ms", "context_ms", "queue_ms", "classify_ms", "embed_ms", "search_ms"}
+    stages = {"store_ms", "queue_ms", "classify_ms", "embed_ms", "search_ms"}
     assert stages | {"analyse_ms", "batch_size", "agent_ms"} <= bot.timings.keys()
     conversation = await Conversation.objects.aget(public_id=history["conversation"])
     assert conversation.session_key == "v-123"
