@@ -134,6 +134,7 @@ def pipeline_baseline(model_dir: Path, texts: list[str]) -> dict:
         """The intent model (mean pooling + head) behind the interface pipelines expect."""
 
         config_class = type(config)
+        _supports_sdpa = True  # the wrapped encoder does; the wrapper adds only pooling and a head
 
         def __init__(self, config) -> None:
             super().__init__(config)
