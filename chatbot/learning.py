@@ -328,7 +328,7 @@ def _claim(run: TrainingRun) -> bool:
 
 def training_run_execute(
     *, run_id: int | None = None, trigger: str = TrainingRun.Trigger.NIGHTLY
-) -> TrainingRun:
+) -> TrainingRun | None:
     """Run a queued training run (or a new one); safe to call twice for the same run.
 
     A run that is no longer queued (done, or taken by another worker) is left as it is. While
@@ -339,7 +339,10 @@ def training_run_execute(
     if run_id is None:
         run = TrainingRun.objects.create(trigger=trigger)
     else:
-        run = TrainingRun.objects.get(pk=run_id)
+        run = TrainingRun.objects.filter(pk=run_id).first()
+        if run is None:  # queued against another database, or deleted since: nothing to do
+            logger.warning("Training run %s does not exist; nothing to do", run_id)
+            return None
         if run.status != TrainingRun.Status.QUEUED:
             return run
     if not _claim(run):

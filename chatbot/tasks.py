@@ -29,4 +29,4 @@ def model_retrain(run_id: int | None = None) -> str:
         run_id=run_id,
         trigger=TrainingRun.Trigger.MANUAL if run_id else TrainingRun.Trigger.NIGHTLY,
     )
-    return f"{run}: {run.reason or run.error}"
+    return f"{run}: {run.reason or run.error}" if run else f"no training run {run_id}"

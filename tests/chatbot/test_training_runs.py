@@ -162,6 +162,10 @@ def test_one_run_at_a_time_and_a_run_whose_worker_died_is_marked_failed(
     # then: nothing happens twice
     assert (again.status, again.finished_at) == (after.status, after.finished_at)
 
+    # when: a message for a run this database never had (or that was deleted)
+    # then: nothing to do, and no error
+    assert training_run_execute(run_id=queued.pk + 1000) is None
+
 
 def test_a_failed_run_records_why_and_leaves_the_live_model_alone(
     knowledge_base: str, placeholder_live: ModelVersion, settings, tmp_path: Path
