@@ -277,32 +277,26 @@ def main() -> None:
     one_env = {**env, "REDIS_URL": REDIS_URL}
     import redis
 
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    one = Server(8103, one_env, scratch / "daphne-redis.log")
-    try:
-        load([one.url], texts, clients=10, messages=5, think=0)
-        figures["one_process_redis"] = load(
-            [one.url],
-            texts,
-            clients=args.saturated_clients,
-            messages=args.saturated_messages,
-            think=0,
-        )
-    finally:
-        one.stop()
-    servers = [Server(port, two_env, scratch / f"daphne-{port}.log") for port in (8104, 8105)]
-    try:
-        load([s.url for s in servers], texts, clients=10, messages=5, think=0)
-        figures["two_processes"] = load(
-            [s.url for s in servers],
-            texts,
-            clients=args.saturated_clients,
-            messages=args.saturated_messages,
-            think=0,
-        )
-    finally:
-        for s in servers:
-            s.stop()
+    def saturated(environment: dict, ports: tuple[int, ...]) -> dict:
+        """Warm up, then the saturated load test split over one process per port."""
+        redis.Redis.from_url(REDIS_URL).flushdb()
+        servers = [Server(port, environment, scratch / f"daphne-{port}.log") for port in ports]
+        try:
+            urls = [s.url for s in servers]
+            load(urls, texts, clients=10, messages=5, think=0)
+            return load(
+                urls,
+                texts,
+                clients=args.saturated_clients,
+                messages=args.saturated_messages,
+                think=0,
+            )
+        finally:
+            for s in servers:
+                s.stop()
+
+    figures["one_process_redis"] = saturated(one_env, (8103,))
+    figures["two_processes"] = saturated(two_env, (8104, 8105))
     figures["ratio_saturated_to_pipeline"] = (
         figures["saturated"]["throughput"] / figures["pipeline"]["throughput"]
     )

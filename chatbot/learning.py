@@ -229,11 +229,12 @@ def model_train(
     config: TrainConfig,
     promote: bool = False,
     progress: Progress | None = None,
-    examples: Sequence[Example] | None = None,
+    split: tuple[list[Example], list[Example]] | None = None,
 ) -> ModelVersion:
-    """Train on the database's examples (fixed validation split) and register the version."""
+    """Train on the database's examples (fixed validation split, unless `split` is given) and
+    register the version."""
     config.base_model = config.base_model or settings.CHATBOT_BASE_MODEL
-    train_set, val_set = validation_split(training_examples() if examples is None else examples)
+    train_set, val_set = split or validation_split(training_examples())
     store = get_runtime().models
     metrics: dict = {}
     out_of_scope = out_of_scope_texts()
@@ -408,7 +409,7 @@ def _train_and_judge(run: TrainingRun) -> TrainingRun:
         )
 
     config = TrainConfig(epochs=settings.CHATBOT_RETRAIN_EPOCHS, lora=settings.CHATBOT_RETRAIN_LORA)
-    candidate = model_train(config=config, progress=progress, examples=examples)
+    candidate = model_train(config=config, progress=progress, split=(train_set, val_set))
     TrainingRun.objects.filter(pk=run.pk).update(
         model_version=candidate, progress=90.0, stage="scoring", heartbeat_at=timezone.now()
     )

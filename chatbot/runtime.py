@@ -210,6 +210,7 @@ class Runtime:
         """
         import torch  # noqa: F401
         from transformers import AutoModel, AutoTokenizer  # noqa: F401
+
         self.batcher.run_on_worker(self.analyse_batch, ["hello"])
         self.watch(settings.CHATBOT_LIVE_CHECK_SECONDS)
 

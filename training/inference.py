@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -131,8 +132,9 @@ class IntentClassifier:
         """Mean cosine similarity of each text to its 5 nearest training examples."""
         return np.array([p.similarity for p in self.predict(texts, k=1)], dtype=np.float32)
 
-    @property
+    @cached_property
     def policy(self):
+        """The version's decision policy, parsed once (every batch reads it)."""
         from training.policy import ANSWER_ALL, Policy
 
         if "policy" not in self.thresholds:
