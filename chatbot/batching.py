@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -48,9 +48,9 @@ class MicroBatcher(Generic[In, Out]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: asyncio.Task | None = None
 
-    def run_on_worker(self, fn: Callable[..., object], *args: object) -> None:
-        """Run `fn` on the model thread, in order with the batches (for warming up)."""
-        self._executor.submit(fn, *args)
+    def run_on_worker(self, fn: Callable[..., object], *args: object) -> Future:
+        """Run `fn` on the batch thread, in order with the batches (to warm up, to clean up)."""
+        return self._executor.submit(fn, *args)
 
     async def submit(self, item: In) -> Batched[Out]:
         self._ensure_worker()

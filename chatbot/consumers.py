@@ -9,11 +9,11 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qs
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from chatbot import protocol, selectors, services
 from chatbot.agent import Agent, AgentUnavailable
+from chatbot.db import db_async
 from chatbot.models import Conversation
 from chatbot.runtime import get_runtime
 from chatbot.services import conversation_group
@@ -28,7 +28,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.agent = Agent()
         query = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
         headers = dict(self.scope.get("headers", []))
-        self.conversation = await database_sync_to_async(services.conversation_open)(
+        self.conversation = await db_async(services.conversation_open)(
             public_id=_valid_uuid(query.get("conversation", [""])[0]),
             visitor=query.get("visitor", [""])[0],
             user_agent=headers.get(b"user-agent", b"").decode("latin1"),
@@ -39,9 +39,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         get_runtime().warm_up()
-        history = await database_sync_to_async(selectors.conversation_history)(
-            conversation=self.conversation
-        )
+        history = await db_async(selectors.conversation_history)(conversation=self.conversation)
         await self.send_json(
             {
                 "type": "history",
@@ -74,7 +72,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             case protocol.CustomerText():
                 await self.customer_text(frame, received_at)
             case protocol.Rating(score=score):
-                await database_sync_to_async(services.conversation_rate)(
+                await db_async(services.conversation_rate)(
                     conversation_id=self.conversation.pk, score=score
                 )
                 await self.send_json({"type": "rated", "score": score})
@@ -82,7 +80,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self.send_json({"type": "pong"})
 
     async def customer_text(self, frame: protocol.CustomerText, received_at: float) -> None:
-        message, created, context = await database_sync_to_async(services.customer_message_receive)(
+        message, created, context = await db_async(services.customer_message_receive)(
             conversation_id=self.conversation.pk, text=frame.text, client_id=frame.client_id
         )
         store_ms = (time.perf_counter() - received_at) * 1000

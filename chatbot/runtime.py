@@ -4,6 +4,12 @@ Models load lazily on the batcher's worker thread, so `migrate`, the admin and b
 torch. Each batch checks the live pointers of the intent model and the answer index first: a
 newly promoted version takes effect at the next batch, and a batch in flight finishes on the
 versions it started with.
+
+With an intent model live, a message takes one forward pass: the model's pooled embedding both
+classifies it and finds its closest examples and templates, in a copy of the answer index
+embedded by that model (kept per model and index version; an edited index re-embeds only its
+changed texts). The base sentence encoder, a second BERT, then never runs in the chat; it
+answers alone while no model is live.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import numpy as np
 from django.conf import settings
 
 from chatbot.batching import Batched, MicroBatcher
-from retrieval.index import Hit, KnowledgeIndex
+from retrieval.index import APPROXIMATE_ABOVE, Hit, KnowledgeIndex
 from retrieval.store import VersionStore
 from training.policy import ANSWER_ALL, Policy
 
@@ -67,6 +73,8 @@ class Runtime:
         self._classifier_version: str | None = None
         self._loading: str | None = None  # a version loading in the background
         self._unloadable: str | None = None  # a version that failed to load
+        # The answer index embedded in the live model's space: (index, model) versions -> index.
+        self._model_space: tuple[tuple[str, str], KnowledgeIndex] | None = None
         self._watching = False
         self._watch_lock = threading.Lock()
         self._load_lock = threading.Lock()  # one model loads at a time
@@ -126,6 +134,10 @@ class Runtime:
 
     def _swap_classifier(self, version: str) -> None:
         classifier = self._load_classifier(version)
+        index = self.index()
+        if classifier is not None and index is not None:
+            # Embedded here, in the background, so that no batch waits for it.
+            self.model_space_index(index, classifier, version)
         with self._lock:
             self._loading = None
             if classifier is None:
@@ -168,29 +180,54 @@ class Runtime:
         logger.info("Serving intent model %s", version)
         return classifier
 
+    def model_space_index(
+        self, index: KnowledgeIndex, classifier: IntentClassifier, model_version: str
+    ) -> KnowledgeIndex:
+        """`index` with its texts embedded by `classifier` (same entries, ids and version)."""
+        key = (index.version, model_version)
+        with self._lock:
+            cached = self._model_space
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        built = KnowledgeIndex.build(
+            examples=list(index.examples.entries.values()),
+            templates=list(index.templates.entries.values()),
+            encode=classifier.embed,
+            encoder_name=f"intent-model:{model_version}",
+            dim=classifier.dim,
+            reuse=cached[1] if cached is not None else None,  # used only if the same model
+            extra_info={"version": index.version, "base_encoder": index.info.get("encoder")},
+            approximate_above=int(index.info.get("approximate_above", APPROXIMATE_ABOVE)),
+        )
+        with self._lock:
+            self._model_space = (key, built)
+        return built
+
     def analyse_batch(self, texts: Sequence[str]) -> list[Analysis]:
-        """Classify and embed a batch of messages, one forward pass each, and search examples."""
+        """Classify and embed a batch of messages in one forward pass, and search examples."""
         texts = list(texts)
         started = time.perf_counter()
         index = self.index()
         classifier, model_version = self.classifier()
+        if classifier is not None and index is not None:
+            index = self.model_space_index(index, classifier, model_version)
         loaded = time.perf_counter()
-        predictions = classifier.predict(texts) if classifier else [None] * len(texts)
-        classified = time.perf_counter()
-        vectors = self.encoder().encode(texts)
+        stages: dict[str, float] = {}
+        if classifier is not None:
+            predictions, vectors = classifier.analyse(texts)
+            stages["classify_ms"] = round((time.perf_counter() - loaded) * 1000, 2)
+        else:
+            predictions = [None] * len(texts)
+            vectors = self.encoder().encode(texts)
+            stages["embed_ms"] = round((time.perf_counter() - loaded) * 1000, 2)
         encoded = time.perf_counter()
         hits = (
             index.search_examples(vectors, EXAMPLE_NEIGHBOURS)
             if index is not None
             else [[] for _ in texts]
         )
-        searched = time.perf_counter()
+        stages["search_ms"] = round((time.perf_counter() - encoded) * 1000, 2)
         policy = classifier.policy if classifier else ANSWER_ALL
-        stages = {
-            "classify_ms": round((classified - loaded) * 1000, 2),
-            "embed_ms": round((encoded - classified) * 1000, 2),
-            "search_ms": round((searched - encoded) * 1000, 2),
-        }
         if loaded - started > 0.01:
             stages["load_ms"] = round((loaded - started) * 1000, 2)
         return [

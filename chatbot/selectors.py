@@ -26,12 +26,14 @@ def live_index_version() -> str | None:
     return get_runtime().indexes.live()
 
 
-def model_version_id(*, name: str) -> int | None:
-    """The ModelVersion row of a live model's directory name (the runtime knows only names)."""
-    if not name:
-        return None
-    directory = str(get_runtime().models.path(name))
-    return ModelVersion.objects.filter(directory=directory).values_list("pk", flat=True).first()
+def model_version_ids(*, names: set[str]) -> dict[str, int]:
+    """The ModelVersion rows of model directory names (the runtime knows only names)."""
+    store = get_runtime().models
+    directories = {str(store.path(name)): name for name in names if name}
+    if not directories:
+        return {}
+    rows = ModelVersion.objects.filter(directory__in=directories).values_list("directory", "pk")
+    return {directories[directory]: pk for directory, pk in rows}
 
 
 FAILED_DECISIONS = (Message.Decision.CLARIFY, Message.Decision.OUT_OF_SCOPE)

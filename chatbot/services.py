@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from functools import cache
 
-from channels.db import database_sync_to_async
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, close_old_connections, transaction
 from django.utils import timezone
 
 from chatbot import protocol, selectors
 from chatbot.agent import Agent, AgentReply, handoff_after_failures
+from chatbot.batching import MicroBatcher
+from chatbot.db import db_async
 from chatbot.models import AnswerTemplate, Conversation, Intent, Message
 
 logger = logging.getLogger(__name__)
@@ -75,53 +78,121 @@ def customer_message_receive(
     return message, created, selectors.turn_context(message=message) if created else None
 
 
+@dataclass(frozen=True)
+class BotTurn:
+    """A bot reply to store: the customer message it answers and how long the turn took."""
+
+    customer_message: Message
+    reply: AgentReply
+    latency_ms: float
+
+
 def bot_reply_store(*, customer_message: Message, reply: AgentReply, latency_ms: float) -> Message:
     """Store the bot's reply with what it decided and why; one reply per customer message."""
-    intent = Intent.objects.filter(name=reply.intent).first() if reply.intent else None
-    # The index may name a template deleted since it was built: keep the text, drop the link.
-    template_id = (
-        AnswerTemplate.objects.filter(pk=reply.template_id).values_list("pk", flat=True).first()
-    )
-    model_version_id = selectors.model_version_id(name=reply.model_version)
-    labels = dict(reply.choices)
     try:
-        with transaction.atomic():
-            if reply.handoff:
-                Conversation.objects.filter(pk=customer_message.conversation_id).update(
-                    status=Conversation.Status.NEEDS_HUMAN
-                )
-            Message.objects.filter(pk=customer_message.pk).update(
-                review_priority=reply.review_priority
-            )
-            return Message.objects.create(
-                conversation_id=customer_message.conversation_id,
-                role=Message.Role.BOT,
-                text=reply.text,
-                in_reply_to=customer_message,
-                decision=reply.decision,
-                intent=intent,
-                confidence=reply.confidence,
-                top_k=[
-                    {"intent": a.intent, "score": a.score}
-                    | ({"label": labels[a.intent]} if a.intent in labels else {})
-                    for a in reply.alternatives
-                ],
-                nearest_similarity=reply.nearest_example_similarity,
-                nearest_intent=reply.nearest_intent,
-                template_id=template_id,
-                template_similarity=reply.template_similarity,
-                suggestions=list(reply.suggestions),
-                model_version_id=model_version_id,
-                index_version=reply.index_version,
-                latency_ms=round(latency_ms, 2),
-                timings=reply.timings,
-            )
+        return bot_replies_create([BotTurn(customer_message, reply, latency_ms)])[0]
     except IntegrityError:
         # A concurrent duplicate answered first.
         existing = selectors.reply_to(message_id=customer_message.pk)
         if existing is None:
             raise
         return existing
+
+
+def bot_replies_store(turns: Sequence[BotTurn]) -> list[Message]:
+    """Store the replies of many turns in one transaction (a handful of queries, one commit);
+    if any of them conflicts, each is stored on its own so the others are not lost."""
+    try:
+        return bot_replies_create(turns)
+    except IntegrityError:
+        return [
+            bot_reply_store(
+                customer_message=t.customer_message, reply=t.reply, latency_ms=t.latency_ms
+            )
+            for t in turns
+        ]
+
+
+@transaction.atomic
+def bot_replies_create(turns: Sequence[BotTurn]) -> list[Message]:
+    replies = [t.reply for t in turns]
+    intents = Intent.objects.in_bulk([r.intent for r in replies if r.intent], field_name="name")
+    # The index may name a template deleted since it was built: keep the text, drop the link.
+    templates = set(
+        AnswerTemplate.objects.filter(
+            pk__in=[r.template_id for r in replies if r.template_id is not None]
+        ).values_list("pk", flat=True)
+    )
+    model_versions = selectors.model_version_ids(names={r.model_version for r in replies})
+    handed_off = [t.customer_message.conversation_id for t in turns if t.reply.handoff]
+    if handed_off:
+        Conversation.objects.filter(pk__in=handed_off).update(
+            status=Conversation.Status.NEEDS_HUMAN
+        )
+    Message.objects.bulk_update(
+        [Message(pk=t.customer_message.pk, review_priority=t.reply.review_priority) for t in turns],
+        ["review_priority"],
+    )
+    return Message.objects.bulk_create(
+        [
+            _bot_message(
+                turn,
+                intent=intents.get(turn.reply.intent),
+                template_id=turn.reply.template_id if turn.reply.template_id in templates else None,
+                model_version_id=model_versions.get(turn.reply.model_version),
+            )
+            for turn in turns
+        ]
+    )
+
+
+def _bot_message(
+    turn: BotTurn, *, intent: Intent | None, template_id: int | None, model_version_id: int | None
+) -> Message:
+    reply = turn.reply
+    labels = dict(reply.choices)
+    return Message(
+        conversation_id=turn.customer_message.conversation_id,
+        role=Message.Role.BOT,
+        text=reply.text,
+        in_reply_to=turn.customer_message,
+        decision=reply.decision,
+        intent=intent,
+        confidence=reply.confidence,
+        top_k=[
+            {"intent": a.intent, "score": a.score}
+            | ({"label": labels[a.intent]} if a.intent in labels else {})
+            for a in reply.alternatives
+        ],
+        nearest_similarity=reply.nearest_example_similarity,
+        nearest_intent=reply.nearest_intent,
+        template_id=template_id,
+        template_similarity=reply.template_similarity,
+        suggestions=list(reply.suggestions),
+        model_version_id=model_version_id,
+        index_version=reply.index_version,
+        latency_ms=round(turn.latency_ms, 2),
+        timings=reply.timings,
+    )
+
+
+def _store_batch(turns: Sequence[BotTurn]) -> list[Message]:
+    close_old_connections()
+    try:
+        return bot_replies_store(turns)
+    finally:
+        close_old_connections()
+
+
+@cache
+def reply_writer() -> MicroBatcher[BotTurn, Message]:
+    """Gathers the replies that finish together in this process into one transaction."""
+    return MicroBatcher(
+        _store_batch,
+        max_batch=settings.CHATBOT_STORE_BATCH_MAX_SIZE,
+        max_wait_ms=settings.CHATBOT_STORE_BATCH_WAIT_MS,
+        name="reply-store",
+    )
 
 
 async def bot_turn(
@@ -139,7 +210,7 @@ async def bot_turn(
     `store_ms`, the time that took, goes into the reply's timings.
     """
     if context is None:
-        context = await database_sync_to_async(selectors.turn_context)(message=customer_message)
+        context = await db_async(selectors.turn_context)(message=customer_message)
     if context.status != Conversation.Status.BOT:
         return None
     chosen = context.offered.get(customer_message.text.strip().lower(), "")
@@ -151,19 +222,18 @@ async def bot_turn(
     ):
         reply = handoff_after_failures(reply)
     latency_ms = (time.perf_counter() - received_at) * 1000
-    return await database_sync_to_async(bot_reply_store)(
-        customer_message=customer_message, reply=reply, latency_ms=latency_ms
-    )
+    stored = await reply_writer().submit(BotTurn(customer_message, reply, latency_ms))
+    return stored.value
 
 
 async def reply_wait(*, customer_message: Message, timeout_s: float = DUPLICATE_REPLY_WAIT_S):
     """The reply to a message that was already received, waiting while it is being produced."""
     deadline = time.monotonic() + timeout_s
     while True:
-        reply = await database_sync_to_async(selectors.reply_to)(message_id=customer_message.pk)
+        reply = await db_async(selectors.reply_to)(message_id=customer_message.pk)
         if reply is not None or time.monotonic() > deadline:
             return reply
-        context = await database_sync_to_async(selectors.turn_context)(message=customer_message)
+        context = await db_async(selectors.turn_context)(message=customer_message)
         if context.status != Conversation.Status.BOT:
             return None  # a person has it: no bot reply is coming
         await asyncio.sleep(0.1)

@@ -217,6 +217,18 @@ CHATBOT_PROMOTE_MIN_SUPPORT = int(env("CHATBOT_PROMOTE_MIN_SUPPORT", "10"))
 # Threads each process's forward passes use: all cores for one process per machine; with several
 # processes on one machine, divide the cores between them.
 CHATBOT_TORCH_THREADS = int(env("CHATBOT_TORCH_THREADS", str(os.cpu_count() or 1)))
+# Threads (each with its own connection) that a server process's database calls share; SQLite
+# writes one at a time, so it keeps a single thread.
+CHATBOT_DB_THREADS = int(
+    env(
+        "CHATBOT_DB_THREADS",
+        "1" if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" else "4",
+    )
+)
+# Bot replies written together in one transaction: at most this many, gathered for at most
+# this long.
+CHATBOT_STORE_BATCH_MAX_SIZE = int(env("CHATBOT_STORE_BATCH_MAX_SIZE", "64"))
+CHATBOT_STORE_BATCH_WAIT_MS = float(env("CHATBOT_STORE_BATCH_WAIT_MS", "1"))
 # int8 retrieval encoder on CPU: about twice as fast, but dynamic int8 makes a vector depend on
 # the batch it was computed in (an exact known phrasing scores 0.99x, not 1.0).
 CHATBOT_ENCODER_INT8 = env_bool("CHATBOT_ENCODER_INT8", False)

@@ -10,7 +10,9 @@ import pytest
 from asgiref.sync import SyncToAsync
 from django.db import connections
 
+from chatbot.db import close_connections
 from chatbot.runtime import get_runtime
+from chatbot.services import reply_writer
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,11 +44,15 @@ def knowledge_base(transactional_db) -> str:
 
 @pytest.fixture(autouse=True)
 def _close_async_orm_connections(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Close what the async ORM opened on its own thread, so the test database can be dropped.
+    """Close what the async ORM and the chat's database threads opened, so the test database
+    can be dropped.
 
     Outside any async_to_sync, Django's async ORM runs on asgiref's single shared thread; the
-    close must run there too. (A sync fixture: an async one would clash with Playwright's loop.)
+    close must run there too (and on each database thread, and on the reply writer's). (A sync
+    fixture: an async one would clash with Playwright's loop.)
     """
     yield
     if inspect.iscoroutinefunction(request.function):
         SyncToAsync.single_thread_executor.submit(connections.close_all).result()
+        close_connections()
+        reply_writer().run_on_worker(connections.close_all).result()

@@ -97,20 +97,36 @@ class IntentClassifier:
     def predict(self, texts: Sequence[str], *, k: int = 3) -> list[Prediction]:
         """Top-k intents with calibrated probabilities, and each text's similarity to the
         training examples (what the out-of-scope check reads), from one forward pass."""
+        return self.analyse(texts, k=k)[0]
+
+    def analyse(self, texts: Sequence[str], *, k: int = 3) -> tuple[list[Prediction], np.ndarray]:
+        """`predict`, plus each text's unit-length embedding in the model's space (what the
+        chat retrieves answer templates with), from the same forward pass."""
         from training.train import softmax
 
         logits, embeddings = self._run(texts)
         probs = softmax(logits / self.temperature)
-        similarity = self._similarity(embeddings)
+        vectors = _unit_rows(embeddings)
+        similarity = self._similarity(vectors)
         k = min(k, len(self.labels))
         predictions = []
         for row, sim in zip(probs, similarity, strict=True):
             best = np.argsort(-row)[:k]
             top = tuple((self.labels[i], float(row[i])) for i in best)
             predictions.append(Prediction(top[0][0], top[0][1], top, float(sim)))
-        return predictions
+        return predictions, vectors
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit-length embeddings in the model's space, one row per text."""
+        return _unit_rows(self._run(texts)[1])
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.head.in_features)
 
     def _similarity(self, embeddings: np.ndarray) -> np.ndarray:
+        """Mean cosine similarity of unit-length embeddings to their 5 nearest training
+        examples."""
         import faiss
 
         from training.train import NEIGHBOURS_FILE, NEIGHBOURS_K
@@ -123,9 +139,10 @@ class IntentClassifier:
             self._neighbours = index
         if not len(embeddings):
             return np.zeros(0, np.float32)
-        queries = np.ascontiguousarray(embeddings, dtype=np.float32)
-        faiss.normalize_L2(queries)
-        scores, _ = self._neighbours.search(queries, min(NEIGHBOURS_K, self._neighbours.ntotal))
+        scores, _ = self._neighbours.search(
+            np.ascontiguousarray(embeddings, dtype=np.float32),
+            min(NEIGHBOURS_K, self._neighbours.ntotal),
+        )
         return scores.mean(axis=1)
 
     def nearest_similarity(self, texts: Sequence[str]) -> np.ndarray:
@@ -145,3 +162,8 @@ class IntentClassifier:
         """Predictions with the policy's decision, as the chat would take it."""
         policy = self.policy
         return [Decision(p, policy.decide(p.confidence, p.similarity)) for p in self.predict(texts)]
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)

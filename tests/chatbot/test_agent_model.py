@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from channels.db import database_sync_to_async
 
-from chatbot.models import Message, ModelVersion
+from chatbot.models import AnswerTemplate, Message, ModelVersion
 from chatbot.runtime import get_runtime
 from tests.chatbot.test_consumer import open_chat, send_message
 
@@ -32,6 +32,11 @@ async def test_the_reply_comes_from_the_live_model_with_calibrated_probabilities
         (alt["score"] for alt in bot.top_k), reverse=True
     )
     assert await ModelVersion.objects.filter(is_live=True).acount() == 1
+    # One forward pass: the model's embedding also chose the template; the base encoder idled.
+    assert "classify_ms" in bot.timings and "embed_ms" not in bot.timings
+    template = await AnswerTemplate.objects.aget(pk=bot.template_id)
+    assert template.intent_id == bot.intent_id and 0 < bot.template_similarity <= 1.0001
+    assert bot.nearest_intent == "password_reset"
     await communicator.disconnect()
 
 
