@@ -102,6 +102,7 @@ def load(urls: list[str], texts, *, clients: int, messages: int, think: float) -
     results = [r for _, results in runs for r in results]
     sent, stored, answered = stored_turns(results)
     return {
+        "stage_medians_ms": stage_medians(results),
         "clients": clients,
         "messages": sum(len(r.sent) for r in results),
         "replies": len(latencies),
@@ -114,6 +115,23 @@ def load(urls: list[str], texts, *, clients: int, messages: int, think: float) -
         "answered": f"{answered}/{sent}",
         "all_stored": stored == answered == sent,
     }
+
+
+def stage_medians(results) -> dict[str, float]:
+    """Median per-stage timings stored with the bot turns of a load test run."""
+    import statistics
+
+    from chatbot.models import Message
+
+    timings = Message.objects.filter(
+        role=Message.Role.BOT,
+        conversation__public_id__in={r.conversation for r in results if r.conversation},
+    ).values_list("timings", "latency_ms")
+    stages: dict[str, list[float]] = {}
+    for stage_times, latency in timings:
+        for stage, value in {**stage_times, "stored_latency_ms": latency}.items():
+            stages.setdefault(stage, []).append(value)
+    return {stage: round(statistics.median(values), 2) for stage, values in stages.items()}
 
 
 def pipeline_baseline(model_dir: Path, texts: list[str]) -> dict:
@@ -325,6 +343,8 @@ def main() -> None:
         f"{p['throughput']:.0f} msg/s | {p['ms_per_message']:.1f} ms/msg | | |"
     )
     print()
+    for name, f in rows:
+        print(f"stored stage medians (ms), {name}: {f['stage_medians_ms']}")
     print(f"saturated / pipeline: {figures['ratio_saturated_to_pipeline']:.2f}x")
     print(f"two processes / one: {figures['scaling_two_to_one']:.2f}x")
     rss, rss_idle = figures["rss_mb"], figures["rss_mb_after_idle"]
