@@ -4,10 +4,10 @@
         [--skip-lora] [--epochs N] [--json results.json]
 
 Trains on train.csv (a stratified 10% validation split cut from it for model selection,
-calibration and the int8 decision), scores test.csv once per model, and prints a table:
+calibration and the int8 / bf16 decisions), scores test.csv once per model, and prints a table:
 test accuracy and macro-F1 of (1) logistic regression on frozen mean-pooled embeddings,
 (2) FAISS k-nearest-neighbour voting over the training embeddings, (3) full fine-tune and
-(4) LoRA, in fp32 and int8; training wall time; single-message and batched inference latency.
+(4) LoRA, in fp32, int8 and bf16; training wall time; single-message and batched inference latency.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def latency(classifier, texts: list[str]) -> dict:
 
 
 def fine_tune(name: str, config: TrainConfig, train, val, test, workdir: Path) -> dict:
-    from training.inference import IntentClassifier
+    from training.inference import IntentClassifier, cpu_has_native_bf16, cpu_precision
     from training.pipeline import train_to_directory
 
     started = time.perf_counter()
@@ -110,11 +110,13 @@ def fine_tune(name: str, config: TrainConfig, train, val, test, workdir: Path) -
     texts = [e.text for e in test]
     result = {"train_wall_s": round(wall, 1), "validation": metrics["validation"]}
     result["int8_validation"] = metrics["int8"]
-    for precision, int8 in (("fp32", False), ("int8", True)):
-        classifier = IntentClassifier.from_dir(workdir / name, device="cpu", int8=int8)
+    result["bf16_validation"] = metrics["bf16"]
+    for precision in ("fp32", "int8", "bf16"):
+        classifier = IntentClassifier.from_dir(workdir / name, device="cpu", precision=precision)
         result[precision] = score(gold, [p.intent for p in classifier.predict(texts)])
         result[precision].update(latency(classifier, texts))
-    result["serves"] = "int8" if metrics["int8"]["use"] else "fp32"
+    held = {precision: metrics[precision]["use"] for precision in ("int8", "bf16")}
+    result["serves"] = cpu_precision(held, native_bf16=cpu_has_native_bf16())
     return result
 
 
@@ -133,7 +135,7 @@ def table(results: dict) -> str:
         if name not in results:
             continue
         r = results[name]
-        for precision in ("fp32", "int8"):
+        for precision in ("fp32", "int8", "bf16"):
             p = r[precision]
             serves = " (served)" if r["serves"] == precision else ""
             rows.append(

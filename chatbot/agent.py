@@ -1,10 +1,12 @@
 """The agent: reads a customer message and decides what the bot says, and why.
 
-The live intent model names the intent (calibrated probabilities); without one, the intent of
-the nearest curated examples does (sentence embeddings from the base BERT, searched with FAISS).
-The model version's policy then answers (with that intent's template closest to the message),
-asks to clarify between the top intents (offering each one's closest known phrasing as a quick
-reply), or says the question is out of scope. Asking for a person hands the conversation off.
+The live intent model names the intent (calibrated probabilities), and the same forward pass
+embeds the message in the model's space, where the answer index's examples and templates are
+embedded too (see chatbot.runtime); without a model, the intent of the nearest curated examples
+does (sentence embeddings from the base BERT, searched with FAISS). The model version's policy
+then answers (with that intent's template closest to the message), asks to clarify between the
+top intents (offering each one's closest known phrasing as a quick reply), or says the question
+is out of scope. Asking for a person hands the conversation off.
 """
 
 from __future__ import annotations

@@ -67,6 +67,9 @@ class _Table:
     vectors: np.ndarray
     faiss_index: object
     ids_by_intent: dict[str, np.ndarray] = field(default_factory=dict)
+    # Each intent's vectors, for searching within one intent by a plain product: an intent has
+    # few entries, and a FAISS search with an id selector scans the whole index.
+    vectors_by_intent: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def create(
@@ -79,8 +82,10 @@ class _Table:
     ) -> _Table:
         ids = [entry.id for entry in entries]
         by_intent: dict[str, list[int]] = {}
-        for entry in entries:
+        rows_by_intent: dict[str, list[int]] = {}
+        for row, entry in enumerate(entries):
             by_intent.setdefault(entry.intent, []).append(entry.id)
+            rows_by_intent.setdefault(entry.intent, []).append(row)
         return cls(
             entries={entry.id: entry for entry in entries},
             vectors=vectors,
@@ -90,35 +95,42 @@ class _Table:
                 else _make_index(vectors, ids, dim, approximate_above)
             ),
             ids_by_intent={k: np.asarray(v, dtype="int64") for k, v in by_intent.items()},
+            vectors_by_intent={
+                k: np.ascontiguousarray(vectors[rows], dtype=np.float32)
+                for k, rows in rows_by_intent.items()
+            },
         )
 
     def search(self, queries: np.ndarray, k: int, intent: str | None = None) -> list[list[Hit]]:
-        import faiss
-
-        params = None
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
         if intent is not None:
-            ids = self.ids_by_intent.get(intent)
-            if ids is None:
-                return [[] for _ in range(len(queries))]
-            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(ids))
+            return self._search_intent(queries, k, intent)
         k = min(k, len(self.entries))
         if k == 0:
             return [[] for _ in range(len(queries))]
-        scores, ids = self.faiss_index.search(
-            np.ascontiguousarray(queries, dtype=np.float32), k, params=params
-        )
-        results = []
-        for row_scores, row_ids in zip(scores, ids, strict=True):
-            hits = []
-            for score, entry_id in zip(row_scores, row_ids, strict=True):
-                if entry_id < 0:  # fewer than k candidates passed the filter
-                    continue
-                entry = self.entries[int(entry_id)]
-                hits.append(
-                    Hit(entry.id, float(score), entry.intent, entry.text, entry.suggestions)
-                )
-            results.append(hits)
-        return results
+        scores, ids = self.faiss_index.search(queries, k)
+        return [self._hits(row, row_ids) for row, row_ids in zip(scores, ids, strict=True)]
+
+    def _search_intent(self, queries: np.ndarray, k: int, intent: str) -> list[list[Hit]]:
+        """Exact search among one intent's entries."""
+        ids = self.ids_by_intent.get(intent)
+        if ids is None:
+            return [[] for _ in range(len(queries))]
+        scores = queries @ self.vectors_by_intent[intent].T
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return [
+            self._hits(np.take(row_scores, row_best), ids[row_best])
+            for row_scores, row_best in zip(scores, best, strict=True)
+        ]
+
+    def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[Hit]:
+        hits = []
+        for score, entry_id in zip(scores, ids, strict=True):
+            if entry_id < 0:  # FAISS found fewer than k
+                continue
+            entry = self.entries[int(entry_id)]
+            hits.append(Hit(entry.id, float(score), entry.intent, entry.text, entry.suggestions))
+        return hits
 
 
 class KnowledgeIndex:

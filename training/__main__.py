@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--model", type=Path, required=True)
     evaluate.add_argument("--oos-label", help="rows with this label are out of scope")
     evaluate.add_argument("--json", action="store_true", help="last line: the metrics as JSON")
-    evaluate.add_argument("--fp32", action="store_true", help="do not use int8 even if recorded")
+    evaluate.add_argument(
+        "--fp32", action="store_true", help="do not use bf16 or int8 even if recorded"
+    )
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -103,7 +105,8 @@ def _train(args: argparse.Namespace) -> int:
         config, train_set, val_set, args.out, search_minutes=args.search_minutes
     )
     print(f"model written to {args.out}")
-    print(json.dumps({k: metrics[k] for k in ("kind", "validation", "int8", "train_seconds")}))
+    summary = ("kind", "validation", "int8", "bf16", "train_seconds")
+    print(json.dumps({k: metrics[k] for k in summary}))
     return 0
 
 
@@ -114,7 +117,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from training.policy import OUT_OF_SCOPE
 
     examples = load_csv(args.csv, text_col=args.text_col, label_col=args.label_col)
-    classifier = IntentClassifier.from_dir(args.model, int8=False if args.fp32 else None)
+    classifier = IntentClassifier.from_dir(args.model, precision="fp32" if args.fp32 else None)
     known = {label: i for i, label in enumerate(classifier.labels)}
     check_known_labels([e for e in examples if e.label != args.oos_label], known)
     gold = [e.label for e in examples]
@@ -132,8 +135,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         gold, [d.prediction.intent for d in decisions], [d.decision for d in decisions]
     )
     metrics["model"] = str(args.model)
-    metrics["int8"] = classifier.int8
-    print(f"{args.csv}: {metrics['n']} rows, int8={classifier.int8}")
+    metrics["precision"] = classifier.precision
+    print(f"{args.csv}: {metrics['n']} rows, {classifier.precision}")
     print(f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}")
     if "oos" in metrics:
         oos = metrics["oos"]

@@ -29,8 +29,8 @@ class TrainConfig:
     val_fraction: float = 0.1  # validation split cut from the training data
     seed: int = 13
     device: str = ""  # "" = CUDA when present, else CPU
-    quantize: bool = True  # try int8 on CPU; kept only if validation accuracy holds
-    quantize_tolerance: float = 0.005  # largest accuracy drop int8 may cost (0.5 points)
+    quantize: bool = True  # try int8 and bf16 on CPU; each kept only if validation accuracy holds
+    quantize_tolerance: float = 0.005  # largest accuracy drop either may cost (0.5 points)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -17,6 +17,43 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Decision", "IntentClassifier", "Prediction", "quantize_int8"]
 
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); elsewhere torch
+    emulates it, more slowly than fp32."""
+    import torch
+
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def cpu_precision(thresholds: dict, *, native_bf16: bool) -> str:
+    """The CPU precision to serve a version in: bf16 where the CPU has it natively, else int8,
+    each only if training measured that it held validation accuracy; else fp32.
+
+    bf16 first: on a 2-core Sapphire Rapids it ran the demo model's forward pass 2.6x as fast as
+    fp32 in batches of 32 (int8: 2.1x), and 1.4x for one message (int8: 2.0x).
+    """
+    if native_bf16 and thresholds.get("bf16"):
+        return "bf16"
+    if thresholds.get("int8"):
+        return "int8"
+    return "fp32"
+
+
+def with_precision(model, precision: str):
+    """The intent model with its encoder in `precision`; pooling and the head stay fp32."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}; expected one of {PRECISIONS}")
+    if precision == "int8":
+        return quantize_int8(model)
+    if precision == "bf16":
+        model.encoder.to(torch.bfloat16)
+    return model
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -38,7 +75,9 @@ class Decision:
 
 
 class IntentClassifier:
-    def __init__(self, model, tokenizer, meta: dict, thresholds: dict, *, device: str, int8: bool):
+    def __init__(
+        self, model, tokenizer, meta: dict, thresholds: dict, *, device: str, precision: str
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.labels: list[str] = meta["labels"]
@@ -47,15 +86,16 @@ class IntentClassifier:
         self.thresholds = thresholds
         self.temperature = float(thresholds.get("temperature", 1.0))
         self.device = device
-        self.int8 = int8
+        self.precision = precision  # of the encoder's weights: fp32, bf16 or int8
         self.path: Path | None = None
         self._neighbours = None  # FAISS index of the training examples, loaded when first needed
 
     @classmethod
     def from_dir(
-        cls, path: str | Path, *, device: str | None = None, int8: bool | None = None
+        cls, path: str | Path, *, device: str | None = None, precision: str | None = None
     ) -> IntentClassifier:
-        """Load a model version; `int8=None` uses int8 on CPU when training found it held up."""
+        """Load a model version; on CPU, `precision=None` picks the fastest one that training
+        found to hold its accuracy (see `cpu_precision`). On CUDA it runs under autocast."""
         import torch
         from transformers import AutoTokenizer
 
@@ -65,15 +105,20 @@ class IntentClassifier:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model, meta = load_model(path, device=device)
         thresholds = json.loads((path / "thresholds.json").read_text())
-        if int8 is None:
-            int8 = device == "cpu" and bool(thresholds.get("int8"))
-        if int8:
-            model = quantize_int8(model)
+        if device != "cpu":
+            precision = "fp32"  # the weights; the forward pass runs under autocast
+        elif precision is None:
+            precision = cpu_precision(thresholds, native_bf16=cpu_has_native_bf16())
+        model = with_precision(model, precision)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        logger.info("Loaded intent model %s on %s (int8: %s)", path, device, int8)
-        classifier = cls(model, tokenizer, meta, thresholds, device=device, int8=int8)
+        logger.info("Loaded intent model %s on %s (%s)", path, device, precision)
+        classifier = cls(model, tokenizer, meta, thresholds, device=device, precision=precision)
         classifier.path = path
         return classifier
+
+    @property
+    def int8(self) -> bool:
+        return self.precision == "int8"
 
     def logits(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
         return self._run(texts, batch_size=batch_size)[0]

@@ -1,4 +1,5 @@
-"""Fine-tune an intent classifier, top to bottom: data, probe, loop, calibration, int8, save.
+"""Fine-tune an intent classifier, top to bottom: data, probe, loop, calibration, CPU precision
+checks (int8, bf16), save.
 
 The recipe (LP-FT): embed the training texts with the frozen encoder, fit a logistic-regression
 probe on them and copy it into the head; then fine-tune encoder and head together with AdamW,
@@ -352,7 +353,7 @@ def train(
     train_seconds = time.perf_counter() - started
 
     # 3. Calibrate on validation; fit the policy on the same split, with the training examples
-    #    in the fine-tuned space as the known examples; then measure what int8 would cost.
+    #    in the fine-tuned space as the known examples; then measure what int8 and bf16 cost.
     report(0.92, "calibrating")
     val_scores, val_logits = _validation_scores(model, val_batcher, y_val, device)
     temperature = fit_temperature(val_logits, y_val)
@@ -393,9 +394,14 @@ def train(
     save_model(model, tokenizer, out_dir, meta=meta)
     # The training examples in the fine-tuned space: the known examples of the out-of-scope check.
     np.save(out_dir / NEIGHBOURS_FILE, neighbours.astype(np.float16))
-    int8 = _int8_check(out_dir, val_batcher, y_val, val_scores["accuracy"], config)
+    cpu = _cpu_precision_checks(out_dir, val_batcher, y_val, val_scores["accuracy"], config)
 
-    thresholds = {"temperature": temperature, "int8": int8["use"], "policy": policy.to_dict()}
+    thresholds = {
+        "temperature": temperature,
+        "int8": cpu["int8"]["use"],
+        "bf16": cpu["bf16"]["use"],
+        "policy": policy.to_dict(),
+    }
     summary = {
         "kind": kind,
         "base_model": base_model,
@@ -408,7 +414,8 @@ def train(
             "macro_f1": val_scores["macro_f1"],
             "probe": probe_scores,
         },
-        "int8": int8,
+        "int8": cpu["int8"],
+        "bf16": cpu["bf16"],
         "temperature": temperature,
         "policy": {**policy.to_dict(), "validation_decisions": decision_shares(decisions)},
         "best_epoch": best_epoch,
@@ -427,21 +434,26 @@ def train(
     return summary
 
 
-def _int8_check(out_dir: Path, val_batcher: Batcher, y_val, fp32_accuracy: float, config) -> dict:
-    """Validation accuracy of the saved model quantised to int8; kept only if it holds."""
+def _cpu_precision_checks(
+    out_dir: Path, val_batcher: Batcher, y_val, fp32_accuracy: float, config
+) -> dict[str, dict]:
+    """Validation accuracy of the saved model in int8 and in bf16 on CPU; each is kept only
+    if it holds (bf16 is measured even where the CPU emulates it: the results are the same)."""
     if not config.quantize:
-        return {"use": False, "reason": "disabled"}
-    from training.inference import quantize_int8
+        return {p: {"use": False, "reason": "disabled"} for p in ("int8", "bf16")}
+    from training.inference import with_precision
     from training.model import load_model
 
-    model, _ = load_model(out_dir, device="cpu")
-    quantized = quantize_int8(model)
-    accuracy = float((run_model(quantized, val_batcher, "cpu").argmax(axis=1) == y_val).mean())
-    drop = fp32_accuracy - accuracy
     # On a small validation set one message is more than the tolerance: allow one.
     allowed = max(config.quantize_tolerance, 1.0 / max(1, len(y_val)))
-    return {
-        "use": drop <= allowed + 1e-9,
-        "validation_accuracy": accuracy,
-        "accuracy_drop": drop,
-    }
+    checks = {}
+    for precision in ("int8", "bf16"):
+        model = with_precision(load_model(out_dir, device="cpu")[0], precision)
+        accuracy = float((run_model(model, val_batcher, "cpu").argmax(axis=1) == y_val).mean())
+        drop = fp32_accuracy - accuracy
+        checks[precision] = {
+            "use": drop <= allowed + 1e-9,
+            "validation_accuracy": accuracy,
+            "accuracy_drop": drop,
+        }
+    return checks

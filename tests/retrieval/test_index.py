@@ -147,3 +147,6 @@ def test_large_indexes_switch_to_an_approximate_graph_that_still_finds_neighbour
         assert [h[0].id for h in hits] == [1000 + i for i in range(50)]
         filtered = built.search_examples(table[:1], 3, intent="intent_1")[0]
         assert {h.intent for h in filtered} == {"intent_1"}
+        # exact within the intent: the 3 best inner products among its entries, best first
+        best = sorted(range(1, len(texts), 4), key=lambda i: -float(table[0] @ table[i]))[:3]
+        assert [h.id for h in filtered] == [1000 + i for i in best]

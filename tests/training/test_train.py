@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from training.config import TrainConfig
 from training.data import DatasetError, Example
-from training.inference import IntentClassifier
+from training.inference import IntentClassifier, cpu_has_native_bf16, cpu_precision
 from training.pipeline import search_space, train_to_directory
 
 MODEL_FILES = {
@@ -46,8 +47,8 @@ def test_packaged_model_trains_saves_and_predicts_the_same_after_reload(
     assert metrics["kind"] == "full" and metrics["n_train"] == 9
     assert metrics["validation"]["probe"] is not None
     assert metrics["temperature"] > 0
-    first = IntentClassifier.from_dir(out, int8=False)
-    second = IntentClassifier.from_dir(out, int8=False)
+    first = IntentClassifier.from_dir(out, precision="fp32")
+    second = IntentClassifier.from_dir(out, precision="fp32")
     texts = [e.text for e in val_set] + ["my card is lost", "euro rate?"]
     np.testing.assert_array_equal(first.predict_proba(texts), second.predict_proba(texts))
     predictions = first.predict(texts, k=2)
@@ -91,21 +92,45 @@ def test_lora_saves_only_adapters_and_reloads_to_the_same_predictions(
     saved = json.loads((tmp_path / "lora" / "training_config.json").read_text())
     assert saved["lora_rank"] == 4 and saved["lora_targets"] == ["query", "value"]
     texts = ["where is my card", "rate for dollars"]
-    a = IntentClassifier.from_dir(tmp_path / "lora", int8=False).predict_proba(texts)
-    b = IntentClassifier.from_dir(tmp_path / "lora", int8=False).predict_proba(texts)
+    a = IntentClassifier.from_dir(tmp_path / "lora", precision="fp32").predict_proba(texts)
+    b = IntentClassifier.from_dir(tmp_path / "lora", precision="fp32").predict_proba(texts)
     np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
-def test_int8_is_measured_at_training_time_and_used_only_if_it_held(split, tmp_path) -> None:
+def test_cpu_precisions_are_measured_at_training_time_and_used_only_if_they_held(
+    split, tmp_path
+) -> None:
     train_set, val_set = split
 
     metrics = train_to_directory(quick(), train_set, val_set, tmp_path / "q")
 
-    int8 = metrics["int8"]
-    assert int8["use"] == (int8["accuracy_drop"] <= 0.005)
     thresholds = json.loads((tmp_path / "q" / "thresholds.json").read_text())
-    assert thresholds["int8"] == int8["use"]
-    assert IntentClassifier.from_dir(tmp_path / "q").int8 == int8["use"]
+    allowed = max(0.005, 1 / len(val_set))  # one message on a small validation set
+    for precision in ("int8", "bf16"):
+        check = metrics[precision]
+        assert check["use"] == (check["accuracy_drop"] <= allowed + 1e-9)
+        assert thresholds[precision] == check["use"]
+    served = IntentClassifier.from_dir(tmp_path / "q")
+    assert served.precision == cpu_precision(thresholds, native_bf16=cpu_has_native_bf16())
+    texts = [e.text for e in val_set]
+    fp32 = IntentClassifier.from_dir(tmp_path / "q", precision="fp32").predict_proba(texts)
+    bf16 = IntentClassifier.from_dir(tmp_path / "q", precision="bf16")
+    assert bf16.model.encoder.dtype == torch.bfloat16
+    np.testing.assert_allclose(bf16.predict_proba(texts), fp32, atol=0.05)
+
+
+@pytest.mark.parametrize(
+    ("thresholds", "native_bf16", "expected"),
+    [
+        ({"bf16": True, "int8": True}, True, "bf16"),
+        ({"bf16": True, "int8": True}, False, "int8"),  # emulated bf16 is slower than fp32
+        ({"bf16": False, "int8": True}, True, "int8"),
+        ({"bf16": True, "int8": False}, False, "fp32"),
+        ({"int8": False}, True, "fp32"),  # saved before bf16 was measured
+    ],
+)
+def test_cpu_precision_is_the_fastest_that_held(thresholds, native_bf16, expected) -> None:
+    assert cpu_precision(thresholds, native_bf16=native_bf16) == expected
 
 
 @pytest.mark.parametrize(
