@@ -11,12 +11,15 @@ is out of scope. Asking for a person hands the conversation off.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
 
 from django.conf import settings
 
-from chatbot.runtime import Runtime, get_runtime
+from chatbot.batching import Batched
+from chatbot.runtime import Analysis, Runtime, get_runtime
 from training.policy import ANSWER, CLARIFY, OUT_OF_SCOPE
 
 HANDOFF = "handoff"
@@ -105,10 +108,22 @@ class Agent:
         self.runtime = runtime or get_runtime()
         self.handoff_intent = handoff_intent or settings.CHATBOT_HANDOFF_INTENT
 
-    async def respond(self, text: str, *, chosen_intent: str = "") -> AgentReply:
-        """Decide the reply to `text`; `chosen_intent` answers a clarifying question's choice."""
+    def analyse(self, text: str) -> asyncio.Future[Batched[Analysis]]:
+        """Start reading `text` with the models now, so that it can run while the message is
+        being stored; pass the result to `respond`."""
+        return asyncio.ensure_future(self.runtime.analyse(text))
+
+    async def respond(
+        self,
+        text: str,
+        *,
+        chosen_intent: str = "",
+        analysis: Awaitable[Batched[Analysis]] | None = None,
+    ) -> AgentReply:
+        """Decide the reply to `text`; `chosen_intent` answers a clarifying question's choice,
+        `analysis` is what `analyse(text)` started, if it was."""
         started = time.perf_counter()
-        batched = await self.runtime.analyse(text)
+        batched = await (analysis if analysis is not None else self.runtime.analyse(text))
         analysis = batched.value
         index = analysis.index
         if index is None or not analysis.example_hits:

@@ -80,9 +80,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self.send_json({"type": "pong"})
 
     async def customer_text(self, frame: protocol.CustomerText, received_at: float) -> None:
-        message, created, context = await db_async(services.customer_message_receive)(
-            conversation_id=self.conversation.pk, text=frame.text, client_id=frame.client_id
-        )
+        # The models read the message while it is being stored: neither waits for the other.
+        analysis = self.agent.analyse(frame.text)
+        try:
+            message, created, context = await db_async(services.customer_message_receive)(
+                conversation_id=self.conversation.pk, text=frame.text, client_id=frame.client_id
+            )
+        except BaseException:
+            services.discard(analysis)
+            raise
         store_ms = (time.perf_counter() - received_at) * 1000
         await self.send_json({"type": "ack", "id": frame.client_id, "message": str(message.pk)})
         try:
@@ -93,8 +99,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     agent=self.agent,
                     context=context,
                     store_ms=store_ms,
+                    analysis=analysis,
                 )
             else:
+                services.discard(analysis)
                 reply = await services.reply_wait(customer_message=message)
         except AgentUnavailable as error:
             logger.error("Cannot answer: %s", error)

@@ -76,6 +76,7 @@ class Runtime:
         # The answer index embedded in the live model's space: (index, model) versions -> index.
         self._model_space: tuple[tuple[str, str], KnowledgeIndex] | None = None
         self._watching = False
+        self._warmed = False
         self._watch_lock = threading.Lock()
         self._load_lock = threading.Lock()  # one model loads at a time
         self._lock = threading.Lock()
@@ -241,10 +242,18 @@ class Runtime:
     def warm_up(self) -> None:
         """Load the models in the background, ahead of the first message, and keep watching.
 
+        Only the first call does anything: every new connection calls it, and a warm-up pass
+        each would queue a hundred forward passes ahead of the first messages when a hundred
+        customers arrive together.
+
         torch and transformers are imported here, in the caller's thread, first: their first
         import is not safe from two threads at once (transformers' lazy module can end up
         half-initialised, and every later `from transformers import AutoModel` fails).
         """
+        with self._watch_lock:
+            if self._warmed:
+                return
+            self._warmed = True
         import torch  # noqa: F401
         from transformers import AutoModel, AutoTokenizer  # noqa: F401
 

@@ -202,19 +202,23 @@ async def bot_turn(
     agent: Agent,
     context: selectors.TurnContext | None = None,
     store_ms: float = 0.0,
+    analysis: asyncio.Future | None = None,
 ) -> Message | None:
     """Ask the agent about a stored customer message and store its reply.
 
     None when the bot must not answer: a person on the team has the conversation. `context`
     is read here unless the caller read it with the message (`customer_message_receive`);
-    `store_ms`, the time that took, goes into the reply's timings.
+    `store_ms`, the time that took, goes into the reply's timings; `analysis`, the models'
+    reading of the message if the caller started it (`Agent.analyse`).
     """
     if context is None:
         context = await db_async(selectors.turn_context)(message=customer_message)
     if context.status != Conversation.Status.BOT:
+        if analysis is not None:
+            discard(analysis)
         return None
     chosen = context.offered.get(customer_message.text.strip().lower(), "")
-    reply = await agent.respond(customer_message.text, chosen_intent=chosen)
+    reply = await agent.respond(customer_message.text, chosen_intent=chosen, analysis=analysis)
     reply = replace(reply, timings={"store_ms": round(store_ms, 2), **reply.timings})
     if (
         reply.decision in selectors.FAILED_DECISIONS
@@ -224,6 +228,12 @@ async def bot_turn(
     latency_ms = (time.perf_counter() - received_at) * 1000
     stored = await reply_writer().submit(BotTurn(customer_message, reply, latency_ms))
     return stored.value
+
+
+def discard(future: asyncio.Future) -> None:
+    """Cancel work whose result is no longer wanted (and never report its failure)."""
+    future.cancel()
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
 async def reply_wait(*, customer_message: Message, timeout_s: float = DUPLICATE_REPLY_WAIT_S):
