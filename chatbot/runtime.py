@@ -121,7 +121,10 @@ class Runtime:
         """
         live = self.models.live()
         with self._lock:
-            if live == self._classifier_version or live in (self._loading, self._unloadable):
+            # (live may be None: then no version is loading, and the model must go.)
+            if live == self._classifier_version or (
+                live is not None and live in (self._loading, self._unloadable)
+            ):
                 return self._classifier, self._classifier_version or ""
             if live is None or self._classifier is None:
                 self._classifier = self._load_classifier(live) if live else None

@@ -66,6 +66,15 @@ async def test_messages_arriving_together_share_one_classifier_pass(live_model) 
         await chat.disconnect()
 
 
+def test_a_cleared_live_pointer_stops_the_model_answering(live_model) -> None:
+    runtime = get_runtime()
+    assert runtime.classifier()[0] is not None
+
+    runtime.models.clear_live()
+
+    assert runtime.classifier() == (None, "")
+
+
 def test_prepare_model_trains_and_promotes_a_model_when_none_is_live(
     knowledge_base, settings, tmp_path
 ) -> None:

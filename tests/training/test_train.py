@@ -119,6 +119,28 @@ def test_cpu_precisions_are_measured_at_training_time_and_used_only_if_they_held
     np.testing.assert_allclose(bf16.predict_proba(texts), fp32, atol=0.05)
 
 
+def test_the_cpu_forward_pass_is_a_traced_graph_with_the_eager_outputs(split, tmp_path) -> None:
+    # given: a model trained on the packaged BERT
+    train_set, val_set = split
+    train_to_directory(quick(), train_set, val_set, tmp_path / "t")
+    texts = [e.text for e in val_set] + ["hi"]
+
+    for precision in ("fp32", "bf16", "int8"):
+        # when
+        traced = IntentClassifier.from_dir(tmp_path / "t", precision=precision)
+        eager = IntentClassifier.from_dir(tmp_path / "t", precision=precision, trace=False)
+
+        # then: the same predictions and embeddings, in batches of every size
+        assert traced.traced is not None and eager.traced is None
+        for batch in (texts[:1], texts[:3], texts):
+            (p_traced, v_traced), (p_eager, v_eager) = traced.analyse(batch), eager.analyse(batch)
+            assert [p.intent for p in p_traced] == [p.intent for p in p_eager]
+            np.testing.assert_allclose(
+                [p.confidence for p in p_traced], [p.confidence for p in p_eager], atol=1e-4
+            )
+            np.testing.assert_allclose(v_traced, v_eager, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     ("thresholds", "native_bf16", "expected"),
     [
