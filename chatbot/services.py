@@ -99,12 +99,40 @@ def bot_reply_store(*, customer_message: Message, reply: AgentReply, latency_ms:
         return existing
 
 
+class _NamedRows:
+    """Intents and model versions by name, kept by the process: every reply names them, and
+    they rarely change. An entry gone stale (an intent deleted since) fails the transaction's
+    foreign-key check; `bot_replies_store` then forgets them all and stores again."""
+
+    def __init__(self) -> None:
+        self.intents: dict[str, Intent] = {}
+        self.model_versions: dict[str, int] = {}
+
+    def intents_named(self, names: set[str]) -> dict[str, Intent]:
+        if missing := names - self.intents.keys():
+            self.intents.update(Intent.objects.in_bulk(list(missing), field_name="name"))
+        return self.intents
+
+    def model_versions_named(self, names: set[str]) -> dict[str, int]:
+        if missing := {name for name in names if name} - self.model_versions.keys():
+            self.model_versions.update(selectors.model_version_ids(names=missing))
+        return self.model_versions
+
+    def forget(self) -> None:
+        self.intents.clear()
+        self.model_versions.clear()
+
+
+_named_rows = _NamedRows()
+
+
 def bot_replies_store(turns: Sequence[BotTurn]) -> list[Message]:
     """Store the replies of many turns in one transaction (a handful of queries, one commit);
     if any of them conflicts, each is stored on its own so the others are not lost."""
     try:
         return bot_replies_create(turns)
     except IntegrityError:
+        _named_rows.forget()
         return [
             bot_reply_store(
                 customer_message=t.customer_message, reply=t.reply, latency_ms=t.latency_ms
@@ -116,14 +144,14 @@ def bot_replies_store(turns: Sequence[BotTurn]) -> list[Message]:
 @transaction.atomic
 def bot_replies_create(turns: Sequence[BotTurn]) -> list[Message]:
     replies = [t.reply for t in turns]
-    intents = Intent.objects.in_bulk([r.intent for r in replies if r.intent], field_name="name")
+    intents = _named_rows.intents_named({r.intent for r in replies if r.intent})
     # The index may name a template deleted since it was built: keep the text, drop the link.
     templates = set(
         AnswerTemplate.objects.filter(
             pk__in=[r.template_id for r in replies if r.template_id is not None]
         ).values_list("pk", flat=True)
     )
-    model_versions = selectors.model_version_ids(names={r.model_version for r in replies})
+    model_versions = _named_rows.model_versions_named({r.model_version for r in replies})
     handed_off = [t.customer_message.conversation_id for t in turns if t.reply.handoff]
     if handed_off:
         Conversation.objects.filter(pk__in=handed_off).update(
