@@ -182,6 +182,7 @@ class Runtime:
             )
             return None
         logger.info("Serving intent model %s", version)
+        trim_free_memory()  # loading and tracing leave large freed blocks behind
         return classifier
 
     def model_space_index(
@@ -205,6 +206,7 @@ class Runtime:
         )
         with self._lock:
             self._model_space = (key, built)
+        trim_free_memory()  # embedding a whole index leaves large freed blocks behind
         return built
 
     def analyse_batch(self, texts: Sequence[str]) -> list[Analysis]:
@@ -278,6 +280,27 @@ def configure_torch() -> None:
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
+def _glibc():
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def trim_free_memory() -> None:
+    """Free what loading a model left behind, now: the weights it replaced (the fp32 tensors
+    a bf16 model was made from, and the file mapped under them, go with the next cyclic garbage
+    collection, whenever that comes) and the heap's free pages (glibc only)."""
+    import gc
+
+    gc.collect()
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def return_large_blocks_to_the_os(threshold: int = 256 * 1024) -> None:
     """Give blocks above `threshold` (a batch's activations) back to the OS when freed.
 
@@ -285,13 +308,9 @@ def return_large_blocks_to_the_os(threshold: int = 256 * 1024) -> None:
     blocks come from the heap and stay resident: a serving process grew by about 35 MB that
     way. A fixed threshold stops the growth. No-op where the C library is not glibc.
     """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(M_MMAP_THRESHOLD, threshold)
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(M_MMAP_THRESHOLD, threshold)
 
 
 @cache
