@@ -48,7 +48,9 @@ class AgentReply:
     index_version: str
     model_version: str = ""
     nearest_example_similarity: float | None = None
-    nearest_intent: str = ""  # the retriever's opinion: the intent of the nearest known example
+    # The retriever's opinion: the intent of the nearest known example (in the live model's
+    # space; the base encoder's without a model).
+    nearest_intent: str = ""
     # (intent, label) pairs offered as quick replies by a clarifying question.
     choices: tuple[tuple[str, str], ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
