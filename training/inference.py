@@ -272,13 +272,12 @@ def traced_forward(model, tokenizer) -> TracedForward | None:
         batch = tokenizer(texts, padding=True, return_tensors="pt")
         return batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
 
-    from transformers.utils import logging as hf_logging
+    from training.model import transformers_errors_only
 
     eager = Forward().eval()
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # its notes on config values the tracer reads
     try:
-        with torch.inference_mode(), warnings.catch_warnings():
+        # (transformers logs notes on the config values the tracer reads)
+        with torch.inference_mode(), warnings.catch_warnings(), transformers_errors_only():
             warnings.simplefilter("ignore")  # the tracer's notes on the Python values it fixed
             graph = torch.jit.trace(eager, inputs(TRACE_PROBES[1]), check_trace=False)
             for probe in TRACE_PROBES:
@@ -292,6 +291,4 @@ def traced_forward(model, tokenizer) -> TracedForward | None:
     except Exception:
         logger.warning("The model could not be traced; it runs eagerly", exc_info=True)
         return None
-    finally:
-        hf_logging.set_verbosity(verbosity)
     return TracedForward(graph)

@@ -10,6 +10,8 @@ fine-tuning only has to improve on it (LP-FT). `pooling="cls"` is kept for check
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -63,13 +65,20 @@ def load_encoder(base_model: str, *, dropout: float | None = None) -> nn.Module:
     if dropout is not None:
         config.hidden_dropout_prob = dropout
         config.attention_probs_dropout_prob = dropout
+    # The [CLS] pooler is not used, so its weights load as "unexpected": say nothing about it.
+    with transformers_errors_only():
+        return AutoModel.from_pretrained(base_model, config=config, add_pooling_layer=False)
+
+
+@contextmanager
+def transformers_errors_only() -> Iterator[None]:
+    """Silence transformers' own logger below errors for the duration."""
     from transformers.utils import logging as hf_logging
 
-    # The [CLS] pooler is not used, so its weights load as "unexpected": say nothing about it.
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        return AutoModel.from_pretrained(base_model, config=config, add_pooling_layer=False)
+        yield
     finally:
         hf_logging.set_verbosity(verbosity)
 
