@@ -67,9 +67,9 @@ class _Table:
     vectors: np.ndarray
     faiss_index: object
     ids_by_intent: dict[str, np.ndarray] = field(default_factory=dict)
-    # Each intent's vectors, for searching within one intent by a plain product: an intent has
-    # few entries, and a FAISS search with an id selector scans the whole index.
-    vectors_by_intent: dict[str, np.ndarray] = field(default_factory=dict)
+    # Each intent's rows of `vectors`, for searching within one intent by a plain product: an
+    # intent has few entries, and a FAISS search with an id selector scans the whole index.
+    rows_by_intent: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def create(
@@ -95,10 +95,7 @@ class _Table:
                 else _make_index(vectors, ids, dim, approximate_above)
             ),
             ids_by_intent={k: np.asarray(v, dtype="int64") for k, v in by_intent.items()},
-            vectors_by_intent={
-                k: np.ascontiguousarray(vectors[rows], dtype=np.float32)
-                for k, rows in rows_by_intent.items()
-            },
+            rows_by_intent={k: np.asarray(v, dtype="int64") for k, v in rows_by_intent.items()},
         )
 
     def search(self, queries: np.ndarray, k: int, intent: str | None = None) -> list[list[Hit]]:
@@ -116,7 +113,7 @@ class _Table:
         ids = self.ids_by_intent.get(intent)
         if ids is None:
             return [[] for _ in range(len(queries))]
-        scores = queries @ self.vectors_by_intent[intent].T
+        scores = queries @ self.vectors[self.rows_by_intent[intent]].T
         best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return [
             self._hits(np.take(row_scores, row_best), ids[row_best])
