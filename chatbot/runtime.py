@@ -206,7 +206,10 @@ class Runtime:
         )
         with self._lock:
             self._model_space = (key, built)
-        trim_free_memory()  # embedding a whole index leaves large freed blocks behind
+        if cached is None or cached[0][1] != model_version:
+            # A new model embedded the whole index (an edit re-embeds a few texts): that leaves
+            # large freed blocks behind. Not after every edit: this runs on the batch thread.
+            trim_free_memory()
         return built
 
     def analyse_batch(self, texts: Sequence[str]) -> list[Analysis]:
