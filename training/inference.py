@@ -90,6 +90,9 @@ class IntentClassifier:
         self.precision = precision  # of the encoder's weights: fp32, bf16 or int8
         self.path: Path | None = None
         self.traced: TracedForward | None = None  # the forward pass as a TorchScript graph
+        # What one forward pass costs beyond its tokens, in tokens (measured on CPU; None: one
+        # pass per batch, whatever the lengths).
+        self.call_tokens: float | None = None
         self._neighbours = None  # FAISS index of the training examples, loaded when first needed
 
     @classmethod
@@ -122,8 +125,11 @@ class IntentClassifier:
         logger.info("Loaded intent model %s on %s (%s)", path, device, precision)
         classifier = cls(model, tokenizer, meta, thresholds, device=device, precision=precision)
         classifier.path = path
-        if trace and device == "cpu":
-            classifier.traced = traced_forward(model, tokenizer)
+        if device == "cpu":
+            if trace:
+                classifier.traced = traced_forward(model, tokenizer)
+            classifier.call_tokens = call_overhead_tokens(classifier.traced or model)
+            logger.info("A forward pass costs %.0f tokens beyond its own", classifier.call_tokens)
         return classifier
 
     @property
@@ -142,7 +148,14 @@ class IntentClassifier:
             return np.zeros((0, len(self.labels)), np.float32), np.zeros((0, hidden), np.float32)
         batcher = Batcher(self.tokenizer, texts, max_length=self.max_length)
         model = self.traced or self.model
-        return run_model(model, batcher, self.device, batch_size=batch_size, both=True)
+        return run_model(
+            model,
+            batcher,
+            self.device,
+            batch_size=batch_size,
+            both=True,
+            call_tokens=self.call_tokens,
+        )
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Calibrated probabilities, one row per text, columns in `self.labels` order."""
@@ -241,6 +254,39 @@ class TracedForward:
 
     def forward_with_embedding(self, input_ids, attention_mask, token_type_ids):
         return self.graph(input_ids, attention_mask, token_type_ids)
+
+
+def call_overhead_tokens(model, *, repeats: int = 3, most: float = 512.0) -> float:
+    """What one forward pass costs beyond the tokens it computes, counted in tokens.
+
+    Timed on two shapes of batch (1 x 8 and 8 x 32 tokens, the best of `repeats` each) and fitted
+    as a fixed cost plus a cost per token. Where a pass costs little beyond its tokens, as on a
+    CPU without matrix units, splitting a batch by length saves the padding's work; where the
+    fixed cost is large, it does not pay. Timing noise can only make the split less than best,
+    never change a result. Capped at `most`.
+    """
+    import time
+
+    import torch
+
+    def fastest(rows: int, length: int) -> float:
+        shape = (rows, length)
+        inputs = (torch.full(shape, 1000), torch.ones(shape, dtype=torch.long))
+        inputs += (torch.zeros(shape, dtype=torch.long),)
+        times = []
+        with torch.inference_mode():
+            for _ in range(repeats + 1):  # the first pass warms the kernels up
+                started = time.perf_counter()
+                model.forward_with_embedding(*inputs)
+                times.append(time.perf_counter() - started)
+        return min(times[1:])
+
+    small_tokens, large_tokens = 8, 8 * 32
+    small, large = fastest(1, 8), fastest(8, 32)
+    per_token = (large - small) / (large_tokens - small_tokens)
+    if per_token <= 0:
+        return most
+    return min(max(small / per_token - small_tokens, 0.0), most)
 
 
 TRACE_PROBES = (

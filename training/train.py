@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -121,16 +122,63 @@ class Batcher:
             features, return_tensors="pt", pad_to_multiple_of=self.PAD_TO_MULTIPLE_OF
         ).to(device)
 
-    def in_order(self, batch_size: int) -> list[list[int]]:
-        """Batches of similar lengths covering every row once (for inference)."""
+    def padded(self, row: int) -> int:
+        """The length row `row` is padded to (the batch's longest decides, rounded up)."""
+        multiple = self.PAD_TO_MULTIPLE_OF
+        return -(-self.lengths[row] // multiple) * multiple
+
+    def in_order(self, batch_size: int, *, call_tokens: float | None = None) -> list[list[int]]:
+        """Batches of similar lengths covering every row once (for inference).
+
+        With `call_tokens` (what one forward pass costs beyond its tokens, counted in tokens),
+        each batch is further split where the padding saved is worth more than the extra call.
+        """
         order = sorted(range(len(self.lengths)), key=self.lengths.__getitem__)
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        if call_tokens is None:
+            return batches
+        return [part for batch in batches for part in self._split(batch, call_tokens)]
+
+    def _split(self, batch: list[int], call_tokens: float) -> list[list[int]]:
+        """`batch` (rows sorted by length) in the runs that compute the fewest tokens, padding
+        included, plus `call_tokens` per run.
+
+        Chat messages vary in length: in a micro-batch of 8 BANKING77 messages, padding to the
+        longest makes the model compute 2.2 times the real tokens (16 messages: 2.7 times).
+        A run only ever ends where the padded length changes, so this is a small dynamic
+        programme over those groups.
+        """
+        groups = [list(rows) for _, rows in groupby(batch, key=self.padded)]
+        # best[j]: the cheapest cost of groups[:j]; start[j]: where its last run begins.
+        best, start = [0.0], [0]
+        for end in range(1, len(groups) + 1):
+            longest = self.padded(groups[end - 1][0])
+            costs = [
+                best[first] + call_tokens + longest * sum(map(len, groups[first:end]))
+                for first in range(end)
+            ]
+            first = min(range(end), key=costs.__getitem__)
+            best.append(costs[first])
+            start.append(first)
+        runs, end = [], len(groups)
+        while end:
+            runs.append([row for group in groups[start[end] : end] for row in group])
+            end = start[end]
+        return runs[::-1]
 
 
 def run_model(
-    model, batcher: Batcher, device: str, *, embed: bool = False, both: bool = False, batch_size=128
+    model,
+    batcher: Batcher,
+    device: str,
+    *,
+    embed: bool = False,
+    both: bool = False,
+    batch_size: int = 128,
+    call_tokens: float | None = None,
 ):
-    """Logits (or pooled embeddings, or both) for every row of `batcher`, in row order."""
+    """Logits (or pooled embeddings, or both) for every row of `batcher`, in row order;
+    `call_tokens` splits batches by length (see `Batcher.in_order`)."""
     import torch
 
     model.eval()
@@ -139,7 +187,7 @@ def run_model(
     embeddings: list[np.ndarray] = [None] * rows  # type: ignore[list-item]
     amp = _autocast(device)
     with torch.inference_mode(), amp:
-        for indices in batcher.in_order(batch_size):
+        for indices in batcher.in_order(batch_size, call_tokens=call_tokens):
             batch = batcher.batch(indices, device)
             if embed:
                 pooled, scores = model.embed(**batch), None
