@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -36,13 +35,6 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bankin
 BATCHES = 200
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -51,7 +43,7 @@ def main() -> None:
 
     import torch
 
-    from training.inference import IntentClassifier, cpu_has_native_bf16
+    from training.inference import IntentClassifier, cpu_has_native_bf16, cpu_name
     from training.pipeline import train_to_directory
 
     torch.set_num_threads(1)  # as a 2-core server runs it (CHATBOT_TORCH_THREADS)

@@ -263,7 +263,17 @@ def main() -> None:
 
     texts = demo_texts()
     model_dir = Path(ModelVersion.objects.get(is_live=True).directory)
-    figures: dict = {"cpus": os.cpu_count()}
+    from training.inference import IntentClassifier, cpu_name
+
+    served = IntentClassifier.from_dir(model_dir)  # as the server will load it
+    figures: dict = {
+        "cpus": os.cpu_count(),
+        "cpu": cpu_name(),
+        "served_precision": served.precision,
+        "traced": served.traced is not None,
+        "call_tokens": served.call_tokens,
+    }
+    del served
 
     server = Server(8101, env, scratch / "daphne.log")
     try:
@@ -329,6 +339,10 @@ def main() -> None:
         ("(f) saturated, two processes, Redis layer", figures["two_processes"]),
     ]
     print()
+    print(
+        f"{figures['cpu']}, {figures['cpus']} cores; model served in {figures['served_precision']}"
+        f" (traced: {figures['traced']}, a pass costs {figures['call_tokens']:.0f} tokens)"
+    )
     print("| run | messages | errors | stored | throughput | p50 | p95 | p99 |")
     print("|---|---|---|---|---|---|---|---|")
     for name, f in rows:

@@ -70,7 +70,7 @@ def main() -> None:
     dev = val + [e for e in examples if e.label in held]
     if not args.model_dir.exists():
         train_to_directory(config, train, val, args.model_dir)
-    classifier = IntentClassifier.from_dir(args.model_dir, int8=False)
+    classifier = IntentClassifier.from_dir(args.model_dir, precision="fp32")
 
     def features(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         batcher = Batcher(classifier.tokenizer, texts, max_length=64)

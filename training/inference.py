@@ -29,6 +29,18 @@ def cpu_has_native_bf16() -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
+def cpu_name() -> str:
+    """The CPU's model name, as benchmarks report it (speeds differ from one CPU to another)."""
+    import platform
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
 def cpu_precision(thresholds: dict, *, native_bf16: bool) -> str:
     """The CPU precision to serve a version in: bf16 where the CPU has it natively, else int8,
     each only if training measured that it held validation accuracy; else fp32.
