@@ -4,7 +4,8 @@
 
 In one run on this machine, with the demo model trained fresh into a scratch PostgreSQL database
 (`chatbot_loadbench`) and data directory:
-(a) one daphne process, 100 customers each sending about one message a second;
+(a) one daphne process, 100 customers each sending about one message a second (and, first,
+    one customer alone, for the latency of a message that waits for nothing);
 (b) the same process saturated: customers send again as soon as the reply arrives;
 (c) the messages of (b) classified one at a time by `transformers.pipeline("text-classification")`
     on the same model (fp32, as the pipeline runs it);
@@ -278,6 +279,8 @@ def main() -> None:
     server = Server(8101, env, scratch / "daphne.log")
     try:
         load([server.url], texts, clients=10, messages=5, think=0)  # warm up
+        figures["alone"] = load([server.url], texts, clients=1, messages=100, think=0.05)
+        print("alone", figures["alone"], flush=True)
         figures["paced"] = load(
             [server.url], texts, clients=100, messages=args.paced_messages, think=1.0
         )
@@ -333,6 +336,7 @@ def main() -> None:
     )
 
     rows = [
+        ("(a) one customer alone", figures["alone"]),
         ("(a) 100 customers, ~1 message/s each", figures["paced"]),
         ("(b) saturated, one process", figures["saturated"]),
         ("(f) saturated, one process, Redis layer", figures["one_process_redis"]),
