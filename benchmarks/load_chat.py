@@ -8,12 +8,14 @@ In one run on this machine, with the demo model trained fresh into a scratch Pos
     one customer alone, for the latency of a message that waits for nothing);
 (b) the same process saturated: customers send again as soon as the reply arrives;
 (c) the messages of (b) classified one at a time by `transformers.pipeline("text-classification")`
-    on the same model (fp32, as the pipeline runs it);
+    on the same model (fp32, as the pipeline runs it), just before (b) and just after it;
 (d) the serving process's resident memory;
 (e) 1,000 idle connections held open on one process for a minute, then each pings;
 (f) two daphne processes on two ports (Redis channel layer), saturated clients split between
-    them, against (b).
-Every load test checks that every turn it sent is stored with its reply.
+    them, against one process on the same layer measured before and after them.
+Every load test checks that every turn it sent is stored with its reply. Some machines' speed
+drifts within a run, so each comparison is made against a baseline measured on both sides of
+it, and a fixed Python loop is timed between the phases (`speed_probe_ms`).
 """
 
 from __future__ import annotations
@@ -186,6 +188,19 @@ def pipeline_baseline(model_dir: Path, texts: list[str]) -> dict:
     }
 
 
+def speed_probe() -> float:
+    """Milliseconds for a fixed Python loop (best of 3): the same figure at every phase of a run
+    means the machine kept its speed."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
+
+
 async def idle_connections(url: str, count: int, hold_s: float) -> dict:
     from websockets.asyncio.client import connect
 
@@ -275,6 +290,8 @@ def main() -> None:
         "call_tokens": served.call_tokens,
     }
     del served
+    probes = figures["speed_probe_ms"] = {"start": speed_probe()}
+    saturated_texts = (texts * 10)[: args.saturated_clients * args.saturated_messages]
 
     server = Server(8101, env, scratch / "daphne.log")
     try:
@@ -285,6 +302,10 @@ def main() -> None:
             [server.url], texts, clients=100, messages=args.paced_messages, think=1.0
         )
         print("paced", figures["paced"], flush=True)
+        # (c) on both sides of (b), with the server idle (it then uses no CPU)
+        probes["before_saturated"] = speed_probe()
+        figures["pipeline_before"] = pipeline_baseline(model_dir, saturated_texts)
+        print("pipeline before (b)", figures["pipeline_before"], flush=True)
         figures["saturated"] = load(
             [server.url],
             texts,
@@ -293,6 +314,9 @@ def main() -> None:
             think=0,
         )
         print("saturated", figures["saturated"], flush=True)
+        figures["pipeline_after"] = pipeline_baseline(model_dir, saturated_texts)
+        probes["after_saturated"] = speed_probe()
+        print("pipeline after (b)", figures["pipeline_after"], flush=True)
         figures["rss_mb"] = server.rss_mb()
         figures["idle"] = asyncio.run(idle_connections(server.url, args.idle, args.idle_seconds))
         figures["rss_mb_after_idle"] = server.rss_mb()
@@ -300,9 +324,12 @@ def main() -> None:
     finally:
         server.stop()
 
-    saturated_texts = (texts * 10)[: figures["saturated"]["messages"]]
-    figures["pipeline"] = pipeline_baseline(model_dir, saturated_texts)
-    print("pipeline", figures["pipeline"], flush=True)
+    before, after = figures["pipeline_before"], figures["pipeline_after"]
+    figures["pipeline"] = {
+        "messages": before["messages"] + after["messages"],
+        "throughput": (before["throughput"] + after["throughput"]) / 2,
+        "ms_per_message": (before["ms_per_message"] + after["ms_per_message"]) / 2,
+    }
 
     two_env = {**env, "REDIS_URL": REDIS_URL, "CHATBOT_TORCH_THREADS": "1"}
     one_env = {**env, "REDIS_URL": REDIS_URL}
@@ -328,12 +355,16 @@ def main() -> None:
 
     figures["one_process_redis"] = saturated(one_env, (8103,))
     figures["two_processes"] = saturated(two_env, (8104, 8105))
+    figures["one_process_redis_again"] = saturated(one_env, (8106,))
+    probes["end"] = speed_probe()
     figures["ratio_saturated_to_pipeline"] = (
         figures["saturated"]["throughput"] / figures["pipeline"]["throughput"]
     )
-    figures["scaling_two_to_one"] = (
-        figures["two_processes"]["throughput"] / figures["one_process_redis"]["throughput"]
-    )
+    one_process = (
+        figures["one_process_redis"]["throughput"]
+        + figures["one_process_redis_again"]["throughput"]
+    ) / 2
+    figures["scaling_two_to_one"] = figures["two_processes"]["throughput"] / one_process
 
     rows = [
         ("(a) one customer alone", figures["alone"]),
@@ -341,6 +372,7 @@ def main() -> None:
         ("(b) saturated, one process", figures["saturated"]),
         ("(f) saturated, one process, Redis layer", figures["one_process_redis"]),
         ("(f) saturated, two processes, Redis layer", figures["two_processes"]),
+        ("(f) saturated, one process, Redis layer, again", figures["one_process_redis_again"]),
     ]
     print()
     print(
@@ -355,16 +387,18 @@ def main() -> None:
             f"{f['throughput']:.0f} msg/s | {f['p50_ms']:.1f} ms | {f['p95_ms']:.1f} ms | "
             f"{f['p99_ms']:.1f} ms |"
         )
-    p = figures["pipeline"]
-    print(
-        f"| (c) transformers pipeline, one at a time | {p['messages']} | | | "
-        f"{p['throughput']:.0f} msg/s | {p['ms_per_message']:.1f} ms/msg | | |"
-    )
+    for name, p in (("before", before), ("after", after)):
+        print(
+            f"| (c) transformers pipeline, one at a time, {name} (b) | {p['messages']} | | | "
+            f"{p['throughput']:.0f} msg/s | {p['ms_per_message']:.1f} ms/msg | | |"
+        )
     print()
     for name, f in rows:
         print(f"stored stage medians (ms), {name}: {f['stage_medians_ms']}")
-    print(f"saturated / pipeline: {figures['ratio_saturated_to_pipeline']:.2f}x")
-    print(f"two processes / one: {figures['scaling_two_to_one']:.2f}x")
+    ratio, scaling = figures["ratio_saturated_to_pipeline"], figures["scaling_two_to_one"]
+    print(f"saturated / pipeline (the mean of before and after): {ratio:.2f}x")
+    print(f"two processes / one (the mean of before and after): {scaling:.2f}x")
+    print(f"speed probe (ms, lower is faster) at each phase: {probes}")
     rss, rss_idle = figures["rss_mb"], figures["rss_mb_after_idle"]
     print(f"serving process RSS: {rss:.0f} MB, after the idle connections: {rss_idle:.0f} MB")
     idle = figures["idle"]
