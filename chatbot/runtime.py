@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -77,6 +78,7 @@ class Runtime:
         self._model_space: tuple[tuple[str, str], KnowledgeIndex] | None = None
         self._watching = False
         self._warmed = False
+        self._warm_up_pass: Future | None = None  # the first forward pass, queued by warm_up
         self._watch_lock = threading.Lock()
         self._load_lock = threading.Lock()  # one model loads at a time
         self._lock = threading.Lock()
@@ -265,8 +267,15 @@ class Runtime:
         import torch  # noqa: F401
         from transformers import AutoModel, AutoTokenizer  # noqa: F401
 
-        self.batcher.run_on_worker(self.analyse_batch, ["hello"])
+        self._warm_up_pass = self.batcher.run_on_worker(self.analyse_batch, ["hello"])
         self.watch(settings.CHATBOT_LIVE_CHECK_SECONDS)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the warm-up pass has run: the live model and index are loaded, the index is
+        embedded in the model's space, and a customer's message waits for none of it."""
+        warm_up_pass = self._warm_up_pass
+        return warm_up_pass is not None and warm_up_pass.done()
 
 
 @cache

@@ -9,5 +9,6 @@ admin.site.site_title = "Chatbot admin"
 urlpatterns = [
     path("", views.demo, name="demo"),
     path("healthz", views.healthz, name="healthz"),
+    path("readyz", views.readyz, name="readyz"),
     path("admin/", admin.site.urls),
 ]

@@ -3,6 +3,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
 from chatbot import selectors
+from chatbot.runtime import get_runtime
 
 
 def demo(request: HttpRequest) -> HttpResponse:
@@ -16,3 +17,13 @@ def healthz(request: HttpRequest) -> JsonResponse:
     index_version = selectors.live_index_version()
     status = 200 if index_version else 503
     return JsonResponse({"database": "ok", "index": index_version}, status=status)
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Readiness: healthy, and this process has loaded its models (a serving process starts
+    warming them up when it starts; until then its first customers would wait for it)."""
+    connection.ensure_connection()
+    index_version = selectors.live_index_version()
+    model = "ready" if get_runtime().ready else "warming_up"
+    status = 200 if index_version and model == "ready" else 503
+    return JsonResponse({"database": "ok", "index": index_version, "model": model}, status=status)

@@ -13,6 +13,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
 from chatbot.models import Message
+from chatbot.runtime import Runtime
 from tests.chatbot.conftest import WEBSOCKET_MAX_MESSAGE_BYTES, LiveServer
 
 pytestmark = [pytest.mark.server, pytest.mark.usefixtures("knowledge_base")]
@@ -58,6 +59,40 @@ async def test_a_customer_chats_with_daphne_over_a_real_websocket(
         )
     )
     assert stored == [("customer", "Can I pay with PayPal?"), ("bot", reply["text"])]
+
+
+async def test_a_serving_process_is_ready_once_its_models_are_loaded(
+    daphne_server: LiveServer, knowledge_base: str
+) -> None:
+    # given: the process queued its warm-up pass when it started, ahead of any message
+    async with connect(daphne_server.ws_url, origin=origin(daphne_server), open_timeout=20) as ws:
+        await ws.recv()
+        await chat(ws, "Can I pay with PayPal?", "ready-1")
+
+    # when: it has answered, the warm-up pass queued before that message has run
+    ready = urllib.request.urlopen(f"{daphne_server.url}/readyz", timeout=10)
+
+    # then
+    assert ready.status == 200
+    assert json.load(ready) == {"database": "ok", "index": knowledge_base, "model": "ready"}
+
+
+def test_a_process_still_warming_up_is_not_ready(client, settings, monkeypatch) -> None:
+    # given: a runtime that has not run its warm-up pass (as in a process that just started)
+    cold = Runtime(
+        base_model=settings.CHATBOT_BASE_MODEL,
+        data_dir=settings.CHATBOT_DATA_DIR,
+        max_batch=settings.CHATBOT_BATCH_MAX_SIZE,
+        max_wait_ms=settings.CHATBOT_BATCH_WAIT_MS,
+    )
+    monkeypatch.setattr("chatbot.views.get_runtime", lambda: cold)
+
+    # when
+    response = client.get("/readyz")
+
+    # then: alive, but not to be sent customers yet
+    assert response.status_code == 503 and response.json()["model"] == "warming_up"
+    assert client.get("/healthz").status_code == 200
 
 
 async def test_bad_input_over_daphne_gets_errors_and_nothing_stored_is_lost(
