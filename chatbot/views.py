@@ -11,19 +11,20 @@ def demo(request: HttpRequest) -> HttpResponse:
     return render(request, "chatbot/demo.html")
 
 
+def _alive() -> dict:
+    connection.ensure_connection()
+    return {"database": "ok", "index": selectors.live_index_version()}
+
+
 def healthz(request: HttpRequest) -> JsonResponse:
     """Liveness for load balancers: the database answers and an answer index is published."""
-    connection.ensure_connection()
-    index_version = selectors.live_index_version()
-    status = 200 if index_version else 503
-    return JsonResponse({"database": "ok", "index": index_version}, status=status)
+    body = _alive()
+    return JsonResponse(body, status=200 if body["index"] else 503)
 
 
 def readyz(request: HttpRequest) -> JsonResponse:
     """Readiness: healthy, and this process has loaded its models (a serving process starts
     warming them up when it starts; until then its first customers would wait for it)."""
-    connection.ensure_connection()
-    index_version = selectors.live_index_version()
-    model = "ready" if get_runtime().ready else "warming_up"
-    status = 200 if index_version and model == "ready" else 503
-    return JsonResponse({"database": "ok", "index": index_version, "model": model}, status=status)
+    ready = get_runtime().ready
+    body = {**_alive(), "model": "ready" if ready else "warming_up"}
+    return JsonResponse(body, status=200 if body["index"] and ready else 503)

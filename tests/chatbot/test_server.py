@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
 from chatbot.models import Message
-from chatbot.runtime import Runtime
+from chatbot.runtime import get_runtime
 from tests.chatbot.conftest import WEBSOCKET_MAX_MESSAGE_BYTES, LiveServer
 
 pytestmark = [pytest.mark.server, pytest.mark.usefixtures("knowledge_base")]
@@ -77,14 +77,9 @@ async def test_a_serving_process_is_ready_once_its_models_are_loaded(
     assert json.load(ready) == {"database": "ok", "index": knowledge_base, "model": "ready"}
 
 
-def test_a_process_still_warming_up_is_not_ready(client, settings, monkeypatch) -> None:
+def test_a_process_still_warming_up_is_not_ready(client, monkeypatch) -> None:
     # given: a runtime that has not run its warm-up pass (as in a process that just started)
-    cold = Runtime(
-        base_model=settings.CHATBOT_BASE_MODEL,
-        data_dir=settings.CHATBOT_DATA_DIR,
-        max_batch=settings.CHATBOT_BATCH_MAX_SIZE,
-        max_wait_ms=settings.CHATBOT_BATCH_WAIT_MS,
-    )
+    cold = get_runtime.__wrapped__()  # a new one, built from the settings as every process's is
     monkeypatch.setattr("chatbot.views.get_runtime", lambda: cold)
 
     # when
