@@ -1,9 +1,11 @@
-"""Outlier exposure with synthetic in-domain negatives, BANKING77 with 10 intents held out.
+"""Out-of-scope detection from changes to training, BANKING77 with 10 intents held out.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/oos_outlier_exposure.py \
-        [--variants baseline,text,mixup] [--epochs 3] [--oe-weight 0.5]
+        [--variants baseline,text,mixup,margin] [--epochs 3] [--oe-weight 0.5] \
+        [--scale 30 --margin 0.35]
 
-An exploration for out-of-scope detection that needs no real out-of-scope data. During the
+An exploration for out-of-scope detection that needs no real out-of-scope data: outlier exposure
+with synthetic in-domain negatives, and a margin loss. During the
 fine-tune (the LP-FT loop of training.train.train, rewritten here so that a loss can be added) a
 second loss pushes the softmax of synthetic negatives towards uniform (the outlier-exposure loss
 of Hendrycks et al. 2019: the mean over classes of -log_softmax), built from the known-intent
@@ -14,6 +16,10 @@ training texts only:
   half of one of intent B != A;
 - mixup: convex combinations (lambda in [0.3, 0.7]) of the pooled embeddings of two examples of
   different intents in the batch, re-normalised and fed through the head (Zhan et al. 2021).
+- margin: no negatives; the linear head becomes a cosine head trained with an additive margin
+  (large margin cosine loss, Lin & Xu 2019, "Deep Unknown Intent Detection with Margin Loss"):
+  logits = s * (cos(x, w_j) - m [j = y]). It pulls each intent's examples into a tighter cone
+  around its class vector, which is what a distance-based out-of-scope score needs.
 
 Evaluated as benchmarks/oos_scores_banking77.py does, on development data only: in scope = the
 validation split of the 67 known intents, out of scope = the held-out intents' rows of train.csv.
@@ -91,7 +97,34 @@ class TextNegatives:
         return out
 
 
-def train_variant(variant: str, config: TrainConfig, train, val, *, oe_weight: float, neg: int):
+def cosine_head(weight, scale: float):
+    """A head whose logits are scale * cos(pooled, w_j): no bias, both sides L2-normalised."""
+    import torch
+
+    class _CosineHead(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.nn.functional.normalize(weight.clone(), dim=1))
+            self.scale = scale
+
+        def forward(self, x):
+            x = torch.nn.functional.normalize(x, dim=-1)
+            return self.scale * x @ torch.nn.functional.normalize(self.weight, dim=1).T
+
+    return _CosineHead()
+
+
+def train_variant(
+    variant: str,
+    config: TrainConfig,
+    train,
+    val,
+    *,
+    oe_weight: float,
+    neg: int,
+    scale: float = 30.0,
+    margin: float = 0.35,
+):
     """The LP-FT loop of training.train.train plus an optional outlier-exposure loss.
 
     Returns the model (best validation macro-F1 epoch, the probe counting as epoch 0), the
@@ -134,6 +167,12 @@ def train_variant(variant: str, config: TrainConfig, train, val, *, oe_weight: f
     with torch.no_grad():
         model.head.weight.copy_(torch.from_numpy(weight))
         model.head.bias.copy_(torch.from_numpy(bias))
+    if variant == "margin":
+        # Start from the class means of the normalised embeddings: the probe's directions are
+        # fitted for a biased linear head, the means are what a cosine head wants.
+        pooled_train = run_model(model, train_batcher, device, embed=True)
+        means = np.stack([pooled_train[y_train == c].mean(axis=0) for c in range(len(label2id))])
+        model.head = cosine_head(torch.from_numpy(means).float(), scale).to(device)
     best_f1, best_epoch, best_state = validate(), 0, state()
     history = [{"epoch": 0, "macro_f1": best_f1}]
     print(f"[{variant}] probe: val macro-F1 {best_f1:.4f}", flush=True)
@@ -159,7 +198,12 @@ def train_variant(variant: str, config: TrainConfig, train, val, *, oe_weight: f
             batch = train_batcher.batch(indices, device)
             target = torch.from_numpy(y_train[indices]).to(device)
             pooled = model.embed(**batch)
-            loss = loss_fn(model.head(model.dropout(pooled)).float(), target)
+            logits = model.head(model.dropout(pooled)).float()
+            if variant == "margin":
+                logits = logits - scale * margin * torch.nn.functional.one_hot(
+                    target, logits.shape[1]
+                )
+            loss = loss_fn(logits, target)
             extra = torch.zeros(())
             if use_oe and variant == "text":
                 neg_batch = tokenizer(
@@ -209,6 +253,7 @@ def train_variant(variant: str, config: TrainConfig, train, val, *, oe_weight: f
     model.load_state_dict(best_state)
     summary = {
         "variant": variant,
+        "scale_margin": [scale, margin] if variant == "margin" else None,
         "oe_weight": oe_weight if use_oe else 0.0,
         "best_epoch": best_epoch,
         "best_macro_f1": best_f1,
@@ -293,6 +338,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--oe-weight", type=float, default=0.5)
     parser.add_argument("--negatives", type=int, default=16, help="text negatives per batch")
+    parser.add_argument("--scale", type=float, default=30.0, help="margin variant: s")
+    parser.add_argument("--margin", type=float, default=0.35, help="margin variant: m")
     parser.add_argument("--seed", type=int, default=7, help="which 10 intents are held out")
     parser.add_argument("--limit", type=int, default=0, help="smoke test: first N of each split")
     parser.add_argument("--json", type=Path, default=Path("/tmp/oos_outlier_exposure.json"))
@@ -310,11 +357,19 @@ def main() -> None:
         train, val, oos = (
             rng.sample(rows, min(args.limit, len(rows))) for rows in (train, val, oos)
         )
+        val = [e for e in val if e.label in {t.label for t in train}]
     print(f"train {len(train)}, val {len(val)}, OOS {len(oos)}; held out {sorted(held)}")
     results = []
     for variant in args.variants.split(","):
         model, tokenizer, label2id, summary = train_variant(
-            variant, config, train, val, oe_weight=args.oe_weight, neg=args.negatives
+            variant,
+            config,
+            train,
+            val,
+            oe_weight=args.oe_weight,
+            neg=args.negatives,
+            scale=args.scale,
+            margin=args.margin,
         )
         summary["eval"] = evaluate(model, tokenizer, label2id, train, val, oos, config.max_length)
         results.append(summary)
