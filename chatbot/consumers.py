@@ -83,12 +83,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # The models read the message while it is being stored: neither waits for the other.
         analysis = self.agent.analyse(frame.text)
         try:
-            message, created, context = await db_async(services.customer_message_receive)(
-                conversation_id=self.conversation.pk, text=frame.text, client_id=frame.client_id
+            stored = await services.message_writer().submit(
+                services.Incoming(self.conversation.pk, frame.text, frame.client_id)
             )
         except BaseException:
             services.discard(analysis)
             raise
+        message, created, context = stored.value
         store_ms = (time.perf_counter() - received_at) * 1000
         await self.send_json({"type": "ack", "id": frame.client_id, "message": str(message.pk)})
         try:

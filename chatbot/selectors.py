@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import F, Q, Window
+from django.db.models.functions import RowNumber
 
 from chatbot.models import Conversation, Message, ModelVersion
 from chatbot.runtime import get_runtime
@@ -57,6 +60,43 @@ def turn_context(*, message: Message, lookback: int = 10) -> TurnContext:
         .order_by("-created_at", "-id")
         .values_list("decision", "top_k")[:lookback]
     )
+    return _turn_context(status, earlier)
+
+
+def turn_contexts(*, messages: Sequence[Message], lookback: int = 10) -> dict[int, TurnContext]:
+    """`turn_context` of each of many messages (by primary key), in two queries for them all:
+    the conversations' statuses, and each conversation's latest bot replies (a window)."""
+    if not messages:
+        return {}
+    conversations = {m.conversation_id for m in messages}
+    statuses = dict(
+        Conversation.objects.filter(pk__in=conversations).order_by().values_list("pk", "status")
+    )
+    latest = (
+        Message.objects.filter(conversation_id__in=conversations, role=Message.Role.BOT)
+        .exclude(in_reply_to__in=[m.pk for m in messages])
+        .annotate(
+            newest=Window(
+                RowNumber(),
+                partition_by=F("conversation_id"),
+                order_by=(F("created_at").desc(), F("id").desc()),
+            )
+        )
+        .filter(newest__lte=lookback)
+        .order_by("conversation_id", "newest")
+        .values_list("conversation_id", "decision", "top_k")
+    )
+    earlier: dict[int, list[tuple[str, list]]] = defaultdict(list)
+    for conversation_id, decision, top_k in latest:
+        earlier[conversation_id].append((decision, top_k))
+    return {
+        m.pk: _turn_context(statuses[m.conversation_id], earlier[m.conversation_id])
+        for m in messages
+    }
+
+
+def _turn_context(status: str, earlier: list[tuple[str, list]]) -> TurnContext:
+    """The context from a conversation's status and its latest bot replies, newest first."""
     failures = 0
     for decision, _ in earlier:
         if decision not in FAILED_DECISIONS:

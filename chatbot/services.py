@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import cache
+from typing import NamedTuple, TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, close_old_connections, connection, transaction
@@ -21,6 +22,9 @@ from chatbot.db import db_async
 from chatbot.models import AnswerTemplate, Conversation, Intent, Message
 
 logger = logging.getLogger(__name__)
+
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 # How long a repeated message (same client id) waits for the reply the first one is producing.
 DUPLICATE_REPLY_WAIT_S = 15.0
@@ -74,15 +78,61 @@ def customer_message_store(
     return message, True
 
 
-def customer_message_receive(
-    *, conversation_id: int, text: str, client_id: str
-) -> tuple[Message, bool, selectors.TurnContext | None]:
-    """Store a customer message and read what the bot needs to answer it, in one trip to the
-    database thread: (message, whether it is new, the turn's context when it is)."""
-    message, created = customer_message_store(
-        conversation_id=conversation_id, text=text, client_id=client_id
+@dataclass(frozen=True)
+class Incoming:
+    """A customer message as the widget sent it, to be stored."""
+
+    conversation_id: int
+    text: str
+    client_id: str
+
+
+class Received(NamedTuple):
+    """A stored customer message, whether it is new, and (when it is) its turn's context."""
+
+    message: Message
+    created: bool
+    context: selectors.TurnContext | None
+
+
+def customer_messages_receive(incoming: Sequence[Incoming]) -> list[Received]:
+    """Store customer messages that arrived together and read what the bot needs to answer
+    each new one: six statements for the whole batch, however large (`customer_messages_store`,
+    `selectors.turn_contexts`)."""
+    stored = customer_messages_store(incoming)
+    contexts = selectors.turn_contexts(messages=[m for m, created in stored if created])
+    return [Received(m, created, contexts.get(m.pk)) for m, created in stored]
+
+
+def customer_messages_store(incoming: Sequence[Incoming]) -> list[tuple[Message, bool]]:
+    """`customer_message_store` for many messages: one insert for them all, then one update of
+    their conversations' activity times. If the insert fails (a repeated client id), nothing of
+    it was stored, and each message is stored on its own: the repeat gets its original back."""
+    savepoint = transaction.atomic() if connection.in_atomic_block else nullcontext()
+    try:
+        with savepoint:
+            messages = Message.objects.bulk_create(
+                [
+                    Message(
+                        conversation_id=m.conversation_id,
+                        role=Message.Role.CUSTOMER,
+                        text=m.text,
+                        client_message_id=m.client_id,
+                    )
+                    for m in incoming
+                ]
+            )
+    except IntegrityError:
+        return [
+            customer_message_store(
+                conversation_id=m.conversation_id, text=m.text, client_id=m.client_id
+            )
+            for m in incoming
+        ]
+    Conversation.objects.filter(pk__in={m.conversation_id for m in incoming}).update(
+        last_activity_at=timezone.now()
     )
-    return message, created, selectors.turn_context(message=message) if created else None
+    return [(message, True) for message in messages]
 
 
 @dataclass(frozen=True)
@@ -107,13 +157,23 @@ def bot_reply_store(*, customer_message: Message, reply: AgentReply, latency_ms:
 
 
 class _NamedRows:
-    """Intents and model versions by name, kept by the process: every reply names them, and
-    they rarely change. An entry gone stale (an intent deleted since) fails the transaction's
-    foreign-key check; `bot_replies_store` then forgets them all and stores again."""
+    """Intents and model versions by name, and the answer templates known to exist, kept by the
+    process: every reply names them, and they rarely change. An entry gone stale (an intent or a
+    template deleted since) fails the transaction's foreign-key check; `bot_replies_store` then
+    forgets them all and stores again, reading each afresh."""
 
     def __init__(self) -> None:
         self.intents: dict[str, Intent] = {}
         self.model_versions: dict[str, int] = {}
+        self.templates: set[int] = set()
+
+    def templates_existing(self, ids: set[int]) -> set[int]:
+        """Those of `ids` that are template rows (the index may name one deleted since)."""
+        if missing := ids - self.templates:
+            self.templates.update(
+                AnswerTemplate.objects.filter(pk__in=missing).values_list("pk", flat=True)
+            )
+        return ids & self.templates
 
     def intents_named(self, names: set[str]) -> dict[str, Intent]:
         if missing := names - self.intents.keys():
@@ -128,6 +188,7 @@ class _NamedRows:
     def forget(self) -> None:
         self.intents.clear()
         self.model_versions.clear()
+        self.templates.clear()
 
 
 _named_rows = _NamedRows()
@@ -153,10 +214,8 @@ def bot_replies_create(turns: Sequence[BotTurn]) -> list[Message]:
     replies = [t.reply for t in turns]
     intents = _named_rows.intents_named({r.intent for r in replies if r.intent})
     # The index may name a template deleted since it was built: keep the text, drop the link.
-    templates = set(
-        AnswerTemplate.objects.filter(
-            pk__in=[r.template_id for r in replies if r.template_id is not None]
-        ).values_list("pk", flat=True)
+    templates = _named_rows.templates_existing(
+        {r.template_id for r in replies if r.template_id is not None}
     )
     model_versions = _named_rows.model_versions_named({r.model_version for r in replies})
     handed_off = [t.customer_message.conversation_id for t in turns if t.reply.handoff]
@@ -211,23 +270,35 @@ def _bot_message(
     )
 
 
-def _store_batch(turns: Sequence[BotTurn]) -> list[Message]:
-    close_old_connections()
-    try:
-        return bot_replies_store(turns)
-    finally:
+def _writer(fn: Callable[[Sequence[In]], list[Out]], name: str) -> MicroBatcher[In, Out]:
+    """A batcher running `fn` on a thread of its own, whose connection is closed as Channels
+    closes its own: when older than CONN_MAX_AGE or broken."""
+
+    def run(items: Sequence[In]) -> list[Out]:
         close_old_connections()
+        try:
+            return fn(items)
+        finally:
+            close_old_connections()
+
+    return MicroBatcher(
+        run,
+        max_batch=settings.CHATBOT_STORE_BATCH_MAX_SIZE,
+        max_wait_ms=settings.CHATBOT_STORE_BATCH_WAIT_MS,
+        name=name,
+    )
+
+
+@cache
+def message_writer() -> MicroBatcher[Incoming, Received]:
+    """Gathers the customer messages that arrive together in this process into one insert."""
+    return _writer(customer_messages_receive, "message-store")
 
 
 @cache
 def reply_writer() -> MicroBatcher[BotTurn, Message]:
     """Gathers the replies that finish together in this process into one transaction."""
-    return MicroBatcher(
-        _store_batch,
-        max_batch=settings.CHATBOT_STORE_BATCH_MAX_SIZE,
-        max_wait_ms=settings.CHATBOT_STORE_BATCH_WAIT_MS,
-        name="reply-store",
-    )
+    return _writer(bot_replies_store, "reply-store")
 
 
 async def bot_turn(
@@ -242,7 +313,7 @@ async def bot_turn(
     """Ask the agent about a stored customer message and store its reply.
 
     None when the bot must not answer: a person on the team has the conversation. `context`
-    is read here unless the caller read it with the message (`customer_message_receive`);
+    is read here unless the caller read it with the message (`customer_messages_receive`);
     `store_ms`, the time that took, goes into the reply's timings; `analysis`, the models'
     reading of the message if the caller started it (`Agent.analyse`).
     """

@@ -12,7 +12,7 @@ from django.db import connections
 
 from chatbot.db import close_connections
 from chatbot.runtime import get_runtime
-from chatbot.services import reply_writer
+from chatbot.services import message_writer, reply_writer
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -48,11 +48,12 @@ def _close_async_orm_connections(request: pytest.FixtureRequest) -> Iterator[Non
     can be dropped.
 
     Outside any async_to_sync, Django's async ORM runs on asgiref's single shared thread; the
-    close must run there too (and on each database thread, and on the reply writer's). (A sync
+    close must run there too (and on each database thread, and on the two writers'). (A sync
     fixture: an async one would clash with Playwright's loop.)
     """
     yield
     if inspect.iscoroutinefunction(request.function):
         SyncToAsync.single_thread_executor.submit(connections.close_all).result()
         close_connections()
-        reply_writer().run_on_worker(connections.close_all).result()
+        for writer in (message_writer(), reply_writer()):
+            writer.run_on_worker(connections.close_all).result()

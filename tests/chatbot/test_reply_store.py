@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from chatbot.agent import AgentReply, IntentScore
-from chatbot.models import Conversation, Intent, Message
+from chatbot.models import AnswerTemplate, Conversation, Intent, Message
 from chatbot.services import BotTurn, bot_replies_store
 
 pytestmark = pytest.mark.django_db(transaction=True)  # foreign keys are checked at commit
@@ -79,3 +81,44 @@ def test_a_reply_that_already_exists_does_not_lose_the_rest_of_its_batch() -> No
     assert stored[0].pk == existing.pk and stored[0].text == "earlier"
     assert Message.objects.get(in_reply_to=second).pk == stored[1].pk
     assert Message.objects.filter(role="bot").count() == 2
+
+
+def test_replies_naming_known_templates_are_stored_without_reading_them_again(
+    django_assert_num_queries,
+) -> None:
+    # given: a reply linked to a template, so the process knows the row exists
+    conversation = Conversation.objects.create()
+    intent = Intent.objects.create(name="order_status")
+    template = AnswerTemplate.objects.create(intent=intent, text="Track it under My orders.")
+    with_template = replace(answer("order_status"), template_id=template.pk)
+    bot_replies_store([BotTurn(question(conversation, "first"), with_template, 1.0)])
+    second, third = question(conversation, "second"), question(conversation, "third")
+
+    # when: BEGIN, the customers' review priorities, the replies, COMMIT
+    with django_assert_num_queries(4):
+        stored = bot_replies_store(
+            [BotTurn(second, with_template, 1.0), BotTurn(third, with_template, 1.0)]
+        )
+
+    # then
+    assert {m.template_id for m in stored} == {template.pk}
+    assert Message.objects.filter(role="bot", template=template).count() == 3
+
+
+def test_a_template_deleted_after_the_process_saw_it_still_gets_the_reply_stored() -> None:
+    # given: a template the process has linked a reply to, then deleted by an admin
+    conversation = Conversation.objects.create()
+    intent = Intent.objects.create(name="order_status")
+    template = AnswerTemplate.objects.create(intent=intent, text="Track it under My orders.")
+    with_template = replace(answer("order_status"), template_id=template.pk)
+    bot_replies_store([BotTurn(question(conversation, "first"), with_template, 1.0)])
+    template.delete()
+    later = question(conversation, "later")
+
+    # when: the index still names it
+    [stored] = bot_replies_store([BotTurn(later, with_template, 1.0)])
+
+    # then: the reply keeps its text and loses only the link
+    reply = Message.objects.get(in_reply_to=later)
+    assert reply.pk == stored.pk and reply.template_id is None
+    assert reply.text == with_template.text
