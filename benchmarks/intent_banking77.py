@@ -100,7 +100,7 @@ def latency(classifier, texts: list[str]) -> dict:
 
 
 def fine_tune(name: str, config: TrainConfig, train, val, test, workdir: Path) -> dict:
-    from training.inference import IntentClassifier, cpu_has_native_bf16, cpu_precision
+    from training.inference import IntentClassifier
     from training.pipeline import train_to_directory
 
     started = time.perf_counter()
@@ -115,8 +115,8 @@ def fine_tune(name: str, config: TrainConfig, train, val, test, workdir: Path) -
         classifier = IntentClassifier.from_dir(workdir / name, device="cpu", precision=precision)
         result[precision] = score(gold, [p.intent for p in classifier.predict(texts)])
         result[precision].update(latency(classifier, texts))
-    held = {precision: metrics[precision]["use"] for precision in ("int8", "bf16")}
-    result["serves"] = cpu_precision(held, native_bf16=cpu_has_native_bf16())
+    served = IntentClassifier.from_dir(workdir / name, device="cpu")
+    result["serves"], result["serves_timed_ms"] = served.precision, served.precision_ms
     return result
 
 

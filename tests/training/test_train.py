@@ -13,9 +13,15 @@ from transformers import AutoTokenizer
 
 from training.config import TrainConfig
 from training.data import DatasetError, Example
-from training.inference import IntentClassifier, cpu_has_native_bf16, cpu_precision
+from training.inference import (
+    IntentClassifier,
+    cpu_has_native_bf16,
+    cpu_precisions,
+    fastest_precision,
+)
+from training.model import IntentModel, load_encoder
 from training.pipeline import search_space, train_to_directory
-from training.train import Batcher
+from training.train import Batcher, default_base_model
 
 MODEL_FILES = {
     "model.json",
@@ -113,7 +119,11 @@ def test_cpu_precisions_are_measured_at_training_time_and_used_only_if_they_held
         assert check["use"] == (check["accuracy_drop"] <= allowed + 1e-9)
         assert thresholds[precision] == check["use"]
     served = IntentClassifier.from_dir(tmp_path / "q")
-    assert served.precision == cpu_precision(thresholds, native_bf16=cpu_has_native_bf16())
+    candidates = cpu_precisions(thresholds, native_bf16=cpu_has_native_bf16())
+    assert served.precision in candidates
+    if len(candidates) > 1:  # timed at load: the fastest of those that held
+        assert set(served.precision_ms) == set(candidates)
+        assert served.precision == min(served.precision_ms, key=served.precision_ms.__getitem__)
     texts = [e.text for e in val_set]
     fp32 = IntentClassifier.from_dir(tmp_path / "q", precision="fp32").predict_proba(texts)
     bf16 = IntentClassifier.from_dir(tmp_path / "q", precision="bf16")
@@ -132,8 +142,10 @@ def test_the_cpu_forward_pass_is_a_traced_graph_with_the_eager_outputs(split, tm
         traced = IntentClassifier.from_dir(tmp_path / "t", precision=precision)
         eager = IntentClassifier.from_dir(tmp_path / "t", precision=precision, trace=False)
 
-        # then: the same predictions and embeddings, in batches of every size
+        # then: the same predictions and embeddings, in batches of every size (split alike: each
+        # load times its own pass cost, and a different split may move bf16 results, below)
         assert traced.traced is not None and eager.traced is None
+        eager.call_tokens = traced.call_tokens
         for batch in (texts[:1], texts[:3], texts):
             (p_traced, v_traced), (p_eager, v_eager) = traced.analyse(batch), eager.analyse(batch)
             assert [p.intent for p in p_traced] == [p.intent for p in p_eager]
@@ -153,7 +165,12 @@ def test_the_cpu_forward_pass_is_a_traced_graph_with_the_eager_outputs(split, tm
         traced.call_tokens = 0.0  # a run per padded length
         p_split, v_split = traced.analyse(mixed)
         assert [p.intent for p in p_whole] == [p.intent for p in p_split]
-        np.testing.assert_allclose(v_whole, v_split, atol=1e-4)
+        # each row back in its place: nearest to its own whole-batch embedding
+        assert (v_split @ v_whole.T).argmax(axis=1).tolist() == list(range(len(mixed)))
+        # bf16 kernels may block a pass by its shape: on an AMD EPYC (Zen 4) with AVX512-BF16
+        # and no AMX, a message's bf16 embedding moved by up to 2.1e-3 with the rows beside it
+        # (bf16 keeps 8 bits of mantissa), where on a Sapphire Rapids it did not move
+        np.testing.assert_allclose(v_whole, v_split, atol=1e-4 if precision == "fp32" else 1e-2)
 
 
 def test_a_batch_splits_by_length_where_padding_costs_more_than_a_call(packaged_model) -> None:
@@ -177,15 +194,36 @@ def test_a_batch_splits_by_length_where_padding_costs_more_than_a_call(packaged_
 @pytest.mark.parametrize(
     ("thresholds", "native_bf16", "expected"),
     [
-        ({"bf16": True, "int8": True}, True, "bf16"),
-        ({"bf16": True, "int8": True}, False, "int8"),  # emulated bf16 is slower than fp32
-        ({"bf16": False, "int8": True}, True, "int8"),
-        ({"bf16": True, "int8": False}, False, "fp32"),
-        ({"int8": False}, True, "fp32"),  # saved before bf16 was measured
+        ({"bf16": True, "int8": True}, True, ("fp32", "bf16", "int8")),
+        ({"bf16": True, "int8": True}, False, ("fp32", "int8")),  # emulated bf16 is slow
+        ({"bf16": False, "int8": True}, True, ("fp32", "int8")),
+        ({"bf16": True, "int8": False}, False, ("fp32",)),
+        ({"int8": False}, True, ("fp32",)),  # saved before bf16 was measured
     ],
 )
-def test_cpu_precision_is_the_fastest_that_held(thresholds, native_bf16, expected) -> None:
-    assert cpu_precision(thresholds, native_bf16=native_bf16) == expected
+def test_cpu_precisions_are_those_that_held_and_that_the_cpu_computes(
+    thresholds, native_bf16, expected
+) -> None:
+    assert cpu_precisions(thresholds, native_bf16=native_bf16) == expected
+
+
+def test_fastest_precision_times_each_candidate_on_a_copy() -> None:
+    # given: the packaged BERT behind an intent head
+    model = IntentModel(
+        load_encoder(default_base_model()), 3, pooling="mean", normalize=True, dropout=0.0
+    ).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    # when
+    chosen, costs = fastest_precision(model, ("fp32", "int8"))
+    alone, no_costs = fastest_precision(model, ("fp32",))
+
+    # then: the cheaper of the two measured, and the model itself left in fp32
+    assert set(costs) == {"fp32", "int8"} and all(ms > 0 for ms in costs.values())
+    assert chosen == min(costs, key=costs.__getitem__)
+    assert (alone, no_costs) == ("fp32", {})
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
 
 
 @pytest.mark.parametrize(
