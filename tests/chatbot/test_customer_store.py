@@ -7,7 +7,7 @@ import pytest
 from django.db import transaction
 
 from chatbot.models import Conversation, Message
-from chatbot.selectors import turn_context
+from chatbot.selectors import TurnContext, turn_context
 from chatbot.services import Incoming, customer_message_store, customer_messages_receive
 
 
@@ -74,7 +74,7 @@ def test_messages_arriving_together_are_stored_in_one_insert_with_each_turn_cont
     django_assert_num_queries,
 ) -> None:
     # given: one conversation whose last reply was a clarifying question after a decline,
-    # one with twelve answers, one handed to a person
+    # one with an answer and then twelve declines, one handed to a person
     torn = Conversation.objects.create()
     bot_reply(customer(torn, "my card"), Message.Decision.OUT_OF_SCOPE)
     offered = [
@@ -83,8 +83,9 @@ def test_messages_arriving_together_are_stored_in_one_insert_with_each_turn_cont
     ]
     bot_reply(customer(torn, "card?"), Message.Decision.CLARIFY, offered)
     long = Conversation.objects.create()
+    bot_reply(customer(long, "first"), Message.Decision.ANSWER)
     for n in range(12):
-        bot_reply(customer(long, f"question {n}"), Message.Decision.ANSWER)
+        bot_reply(customer(long, f"question {n}"), Message.Decision.OUT_OF_SCOPE)
     human = Conversation.objects.create(status=Conversation.Status.NEEDS_HUMAN)
     incoming = [
         Incoming(torn.pk, "Lost card", "t-1"),
@@ -93,28 +94,27 @@ def test_messages_arriving_together_are_stored_in_one_insert_with_each_turn_cont
         Incoming(long.pk, "and another", "l-2"),
     ]
 
-    # when: the insert (in bulk_create's own transaction), the activity times, the statuses
-    # and the latest bot replies
-    with django_assert_num_queries(6):
+    # when: the insert (in bulk_create's own transaction), the activity times, and the
+    # conversations' statuses with their latest bot replies
+    with django_assert_num_queries(5):
         received = customer_messages_receive(incoming)
 
-    # then: every message stored once, in order, each with the context one at a time would read
+    # then: every message stored once, in order, each with its conversation's context
     assert [r.message.text for r in received] == [m.text for m in incoming]
     assert all(r.created for r in received)
     stored = Message.objects.filter(pk__in=[r.message.pk for r in received])
-    assert sorted(stored.values_list("client_message_id", flat=True)) == [
-        "h-1",
-        "l-1",
-        "l-2",
-        "t-1",
-    ]
-    for r in received:
-        assert r.context == turn_context(message=r.message)
-    torn_context = received[0].context
-    assert torn_context.failures_in_a_row == 2
-    assert torn_context.offered == {"lost card": "card_lost", "card arrival": "card_arrival"}
-    assert received[1].context.failures_in_a_row == 0
-    assert received[2].context.status == Conversation.Status.NEEDS_HUMAN
+    client_ids = sorted(stored.values_list("client_message_id", flat=True))
+    assert client_ids == ["h-1", "l-1", "l-2", "t-1"]
+    torn_context, long_context, human_context, long_again = (r.context for r in received)
+    assert torn_context == TurnContext(
+        status=Conversation.Status.BOT,
+        failures_in_a_row=2,
+        offered={"lost card": "card_lost", "card arrival": "card_arrival"},
+    )
+    # twelve declines in a row, counted as far back as the context looks
+    assert long_context == long_again == TurnContext(Conversation.Status.BOT, 10, {})
+    assert human_context == TurnContext(Conversation.Status.NEEDS_HUMAN, 0, {})
+    assert turn_context(message=received[0].message) == torn_context
     for conversation in (torn, long, human):
         before = conversation.last_activity_at
         conversation.refresh_from_db()
