@@ -199,8 +199,10 @@ CHATBOT_DATA_DIR = Path(env("CHATBOT_DATA_DIR", str(VAR_DIR / "data")))
 # DJANGO_ALLOWED_HOSTS. "*" allows any site.
 CHATBOT_WIDGET_ORIGINS = env_list("CHATBOT_WIDGET_ORIGINS")
 CHATBOT_MAX_MESSAGE_CHARS = int(env("CHATBOT_MAX_MESSAGE_CHARS", "2000"))
-# Micro-batching: requests arriving within this window share one forward pass.
-CHATBOT_BATCH_WAIT_MS = float(env("CHATBOT_BATCH_WAIT_MS", "3"))
+# Micro-batching: requests arriving within this window, or while the previous pass runs, share
+# one forward pass. Under load the batches form while passes run; the wait only delays a lone
+# message (see README, "Micro-batching off the event loop").
+CHATBOT_BATCH_WAIT_MS = float(env("CHATBOT_BATCH_WAIT_MS", "1"))
 CHATBOT_BATCH_MAX_SIZE = int(env("CHATBOT_BATCH_MAX_SIZE", "32"))
 # The intent that means "let me talk to a person", and how many clarify / out-of-scope replies
 # in a row hand a conversation to the support team.
@@ -227,10 +229,11 @@ CHATBOT_DB_THREADS = int(
         "1" if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" else "4",
     )
 )
-# Bot replies written together in one transaction: at most this many, gathered for at most
-# this long.
+# Customer messages stored together in one insert, and bot replies in one transaction: at most
+# this many, gathered for at most this long (0: those already waiting while the previous batch
+# was written).
 CHATBOT_STORE_BATCH_MAX_SIZE = int(env("CHATBOT_STORE_BATCH_MAX_SIZE", "64"))
-CHATBOT_STORE_BATCH_WAIT_MS = float(env("CHATBOT_STORE_BATCH_WAIT_MS", "1"))
+CHATBOT_STORE_BATCH_WAIT_MS = float(env("CHATBOT_STORE_BATCH_WAIT_MS", "0"))
 # int8 retrieval encoder on CPU: about twice as fast, but dynamic int8 makes a vector depend on
 # the batch it was computed in (an exact known phrasing scores 0.99x, not 1.0).
 CHATBOT_ENCODER_INT8 = env_bool("CHATBOT_ENCODER_INT8", False)
