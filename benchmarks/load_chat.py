@@ -279,13 +279,15 @@ def main() -> None:
 
     texts = demo_texts()
     model_dir = Path(ModelVersion.objects.get(is_live=True).directory)
-    from training.inference import IntentClassifier, cpu_name
+    from training.inference import IntentClassifier, cpu_has_native_bf16, cpu_name
 
     served = IntentClassifier.from_dir(model_dir)  # as the server will load it
     figures: dict = {
         "cpus": os.cpu_count(),
         "cpu": cpu_name(),
+        "native_bf16": cpu_has_native_bf16(),
         "served_precision": served.precision,
+        "precision_ms": served.precision_ms,  # what each candidate took when it loaded
         "traced": served.traced is not None,
         "call_tokens": served.call_tokens,
     }
@@ -376,8 +378,10 @@ def main() -> None:
     ]
     print()
     print(
-        f"{figures['cpu']}, {figures['cpus']} cores; model served in {figures['served_precision']}"
-        f" (traced: {figures['traced']}, a pass costs {figures['call_tokens']:.0f} tokens)"
+        f"{figures['cpu']}, {figures['cpus']} cores, native bf16: {figures['native_bf16']};"
+        f" model served in {figures['served_precision']} (timed at load, ms:"
+        f" {figures['precision_ms']}; traced: {figures['traced']},"
+        f" a pass costs {figures['call_tokens']:.0f} tokens)"
     )
     print("| run | messages | errors | stored | throughput | p50 | p95 | p99 |")
     print("|---|---|---|---|---|---|---|---|")
