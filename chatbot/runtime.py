@@ -277,6 +277,15 @@ class Runtime:
         warm_up_pass = self._warm_up_pass
         return warm_up_pass is not None and warm_up_pass.done()
 
+    def serving(self) -> dict[str, str]:
+        """The intent model version this process answers with and the precision it chose for
+        it on this CPU (empty while none is loaded): what `/readyz` reports."""
+        with self._lock:
+            classifier, version = self._classifier, self._classifier_version
+        if classifier is None or not version:
+            return {}
+        return {"model_version": version, "precision": classifier.precision}
+
 
 @cache
 def configure_torch() -> None:

@@ -24,7 +24,11 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 def readyz(request: HttpRequest) -> JsonResponse:
     """Readiness: healthy, and this process has loaded its models (a serving process starts
-    warming them up when it starts; until then its first customers would wait for it)."""
-    ready = get_runtime().ready
+    warming them up when it starts; until then its first customers would wait for it). Once
+    ready, it names the model version it answers with and the precision it serves it in."""
+    runtime = get_runtime()
+    ready = runtime.ready
     body = {**_alive(), "model": "ready" if ready else "warming_up"}
+    if ready:
+        body |= runtime.serving()
     return JsonResponse(body, status=200 if body["index"] and ready else 503)

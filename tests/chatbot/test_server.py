@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from channels.db import database_sync_to_async
@@ -15,6 +17,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from chatbot.models import Message
 from chatbot.runtime import get_runtime
 from tests.chatbot.conftest import WEBSOCKET_MAX_MESSAGE_BYTES, LiveServer
+from training.inference import PRECISIONS
 
 pytestmark = [pytest.mark.server, pytest.mark.usefixtures("knowledge_base")]
 
@@ -256,3 +259,25 @@ def test_the_load_test_fails_loudly_when_the_server_is_not_there() -> None:
             stdout=out,
         )
     assert "errors               2" in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_a_ready_process_names_the_model_and_the_precision_it_serves(client, live_model) -> None:
+    # given: this process serving the live model, its warm-up pass run
+    runtime = get_runtime()
+    runtime.warm_up()  # queues the pass, unless an earlier connection already did
+    for _ in range(600):
+        if runtime.ready:
+            break
+        time.sleep(0.1)
+
+    # when
+    response = client.get("/readyz")
+
+    # then: the version the live pointer names, in the precision this process chose for it
+    classifier, version = runtime.classifier()
+    body = response.json()
+    assert response.status_code == 200 and body["model"] == "ready"
+    assert body["model_version"] == version == Path(live_model.directory).name
+    assert body["precision"] == classifier.precision
+    assert body["precision"] in PRECISIONS
