@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
 
 from django.conf import settings
 from django.db import connection
@@ -67,33 +68,10 @@ def turn_contexts(*, messages: Sequence[Message], lookback: int = 10) -> dict[in
         return {}
     conversations = sorted({m.conversation_id for m in messages})
     replies_to = [m.pk for m in messages]
-    quote = connection.ops.quote_name
-    table = {model: quote(model._meta.db_table) for model in (Conversation, Message)}
-    column = {
-        name: quote(Message._meta.get_field(name).column)
-        for name in ("conversation", "role", "decision", "top_k", "created_at", "in_reply_to")
-    }
-    sql = f"""
-        SELECT c.{quote("id")}, c.{quote(Conversation._meta.get_field("status").column)},
-               r.decision, r.top_k
-        FROM {table[Conversation]} c
-        LEFT JOIN (
-            SELECT m.{column["conversation"]} AS conversation_id,
-                   m.{column["decision"]} AS decision,
-                   m.{column["top_k"]} AS top_k,
-                   ROW_NUMBER() OVER (
-                       PARTITION BY m.{column["conversation"]}
-                       ORDER BY m.{column["created_at"]} DESC, m.{quote("id")} DESC
-                   ) AS newest
-            FROM {table[Message]} m
-            WHERE m.{column["role"]} = %s
-              AND m.{column["conversation"]} IN ({", ".join(["%s"] * len(conversations))})
-              AND (m.{column["in_reply_to"]} IS NULL
-                   OR m.{column["in_reply_to"]} NOT IN ({", ".join(["%s"] * len(replies_to))}))
-        ) r ON r.conversation_id = c.{quote("id")} AND r.newest <= %s
-        WHERE c.{quote("id")} IN ({", ".join(["%s"] * len(conversations))})
-        ORDER BY c.{quote("id")}, r.newest
-    """
+    sql = _turn_contexts_sql().format(
+        conversations=", ".join(["%s"] * len(conversations)),
+        replies_to=", ".join(["%s"] * len(replies_to)),
+    )
     params = [Message.Role.BOT, *conversations, *replies_to, lookback, *conversations]
     top_k = Message._meta.get_field("top_k")
     statuses: dict[int, str] = {}
@@ -110,6 +88,39 @@ def turn_contexts(*, messages: Sequence[Message], lookback: int = 10) -> dict[in
         m.pk: _turn_context(statuses[m.conversation_id], earlier[m.conversation_id])
         for m in messages
     }
+
+
+@cache
+def _turn_contexts_sql() -> str:
+    """`turn_contexts`' query, its tables and columns named once; `{conversations}` and
+    `{replies_to}` stand for as many placeholders as there are of each."""
+    quote = connection.ops.quote_name
+    conversation, message = Conversation._meta, Message._meta
+    c = {name: quote(conversation.get_field(name).column) for name in ("id", "status")}
+    m = {
+        name: quote(message.get_field(name).column)
+        for name in ("id", "conversation", "role", "decision", "top_k", "created_at")
+    }
+    in_reply_to = quote(message.get_field("in_reply_to").column)
+    return f"""
+        SELECT c.{c["id"]}, c.{c["status"]}, r.decision, r.top_k
+        FROM {quote(conversation.db_table)} c
+        LEFT JOIN (
+            SELECT m.{m["conversation"]} AS conversation_id,
+                   m.{m["decision"]} AS decision,
+                   m.{m["top_k"]} AS top_k,
+                   ROW_NUMBER() OVER (
+                       PARTITION BY m.{m["conversation"]}
+                       ORDER BY m.{m["created_at"]} DESC, m.{m["id"]} DESC
+                   ) AS newest
+            FROM {quote(message.db_table)} m
+            WHERE m.{m["role"]} = %s
+              AND m.{m["conversation"]} IN ({{conversations}})
+              AND (m.{in_reply_to} IS NULL OR m.{in_reply_to} NOT IN ({{replies_to}}))
+        ) r ON r.conversation_id = c.{c["id"]} AND r.newest <= %s
+        WHERE c.{c["id"]} IN ({{conversations}})
+        ORDER BY c.{c["id"]}, r.newest
+    """
 
 
 def _turn_context(status: str, earlier: list[tuple[str, list]]) -> TurnContext:

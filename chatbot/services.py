@@ -97,7 +97,7 @@ class Received(NamedTuple):
 
 def customer_messages_receive(incoming: Sequence[Incoming]) -> list[Received]:
     """Store customer messages that arrived together and read what the bot needs to answer
-    each new one: six statements for the whole batch, however large (`customer_messages_store`,
+    each new one: five statements for the whole batch, however large (`customer_messages_store`,
     `selectors.turn_contexts`)."""
     stored = customer_messages_store(incoming)
     contexts = selectors.turn_contexts(messages=[m for m, created in stored if created])
