@@ -94,17 +94,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send_json({"type": "ack", "id": frame.client_id, "message": str(message.pk)})
         try:
             if created:
-                reply = await services.bot_turn(
+                await services.bot_turn(
                     customer_message=message,
                     received_at=received_at,
                     agent=self.agent,
+                    deliver=self.send_json,
                     context=context,
                     store_ms=store_ms,
                     analysis=analysis,
                 )
-            else:
-                services.discard(analysis)
-                reply = await services.reply_wait(customer_message=message)
+                return
+            services.discard(analysis)
+            reply = await services.reply_wait(customer_message=message)
         except AgentUnavailable as error:
             logger.error("Cannot answer: %s", error)
             await self.send_error("agent_unavailable", frame.client_id)

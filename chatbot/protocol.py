@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
 from chatbot.models import Message
+
+if TYPE_CHECKING:
+    from chatbot.agent import AgentReply
 
 MAX_CLIENT_ID_CHARS = 64
 
@@ -112,14 +115,50 @@ def message_frame(message: Message) -> dict[str, Any]:
 
 
 def reply_frame(reply: Message, *, in_reply_to: str) -> dict[str, Any]:
+    """A stored bot reply as the reply frame."""
+    return _reply_frame(
+        id=reply.pk,
+        text=reply.text,
+        in_reply_to=in_reply_to,
+        intent=reply.intent.name if reply.intent else None,
+        confidence=reply.confidence,
+        suggestions=reply.suggestions,
+        decision=reply.decision,
+    )
+
+
+def agent_reply_frame(reply: AgentReply, *, id: int, in_reply_to: str) -> dict[str, Any]:
+    """The agent's reply as the reply frame, before it is stored under the reserved `id`: the
+    same frame `reply_frame` makes of the stored row."""
+    return _reply_frame(
+        id=id,
+        text=reply.text,
+        in_reply_to=in_reply_to,
+        intent=reply.intent,
+        confidence=reply.confidence,
+        suggestions=list(reply.suggestions),
+        decision=reply.decision,
+    )
+
+
+def _reply_frame(
+    *,
+    id: int,
+    text: str,
+    in_reply_to: str,
+    intent: str | None,
+    confidence: float | None,
+    suggestions: list[str],
+    decision: str,
+) -> dict[str, Any]:
     return {
         "type": "reply",
-        "id": str(reply.pk),
-        "text": reply.text,
+        "id": str(id),
+        "text": text,
         "in_reply_to": in_reply_to,
-        "intent": reply.intent.name if reply.intent else None,
-        "confidence": None if reply.confidence is None else round(reply.confidence, 4),
-        "suggestions": reply.suggestions,
-        "handoff": reply.decision == Message.Decision.HANDOFF,
-        "decision": reply.decision,
+        "intent": intent,
+        "confidence": None if confidence is None else round(confidence, 4),
+        "suggestions": suggestions,
+        "handoff": decision == Message.Decision.HANDOFF,
+        "decision": decision,
     }

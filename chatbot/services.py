@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import cache
@@ -142,18 +143,29 @@ class BotTurn:
     customer_message: Message
     reply: AgentReply
     latency_ms: float
+    # The reply's primary key when it was reserved ahead of the row (`ReplyIds`).
+    reply_id: int | None = None
 
 
-def bot_reply_store(*, customer_message: Message, reply: AgentReply, latency_ms: float) -> Message:
+def bot_reply_store(
+    *, customer_message: Message, reply: AgentReply, latency_ms: float, reply_id: int | None = None
+) -> Message:
     """Store the bot's reply with what it decided and why; one reply per customer message."""
+    turn = BotTurn(customer_message, reply, latency_ms, reply_id)
     try:
-        return bot_replies_create([BotTurn(customer_message, reply, latency_ms)])[0]
+        return bot_replies_create([turn])[0]
     except IntegrityError:
         # A concurrent duplicate answered first.
         existing = selectors.reply_to(message_id=customer_message.pk)
-        if existing is None:
+        if existing is not None:
+            return existing
+        if reply_id is None:
             raise
-        return existing
+    # The reserved id is taken (the sequence was reset under this process): store the reply
+    # under a new one, and take no more ids from before.
+    logger.warning("Reserved message id %s is taken; storing the reply without it", reply_id)
+    reply_ids().forget()
+    return bot_replies_create([replace(turn, reply_id=None)])[0]
 
 
 class _NamedRows:
@@ -203,7 +215,10 @@ def bot_replies_store(turns: Sequence[BotTurn]) -> list[Message]:
         _named_rows.forget()
         return [
             bot_reply_store(
-                customer_message=t.customer_message, reply=t.reply, latency_ms=t.latency_ms
+                customer_message=t.customer_message,
+                reply=t.reply,
+                latency_ms=t.latency_ms,
+                reply_id=t.reply_id,
             )
             for t in turns
         ]
@@ -246,6 +261,7 @@ def _bot_message(
     reply = turn.reply
     labels = dict(reply.choices)
     return Message(
+        pk=turn.reply_id,
         conversation_id=turn.customer_message.conversation_id,
         role=Message.Role.BOT,
         text=reply.text,
@@ -301,21 +317,110 @@ def reply_writer() -> MicroBatcher[BotTurn, Message]:
     return _writer(bot_replies_store, "reply-store")
 
 
+def message_ids_reserve(count: int) -> list[int]:
+    """Take `count` primary keys for messages from the database, ahead of their rows: no other
+    process or thread is given them, whether or not they are used. Empty on a database that
+    cannot (only PostgreSQL and SQLite can here)."""
+    table = connection.ops.quote_name(Message._meta.db_table)
+    column = Message._meta.pk.column
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
+                [Message._meta.db_table, column, count],
+            )
+            return [row[0] for row in cursor.fetchall()]
+        if connection.vendor == "sqlite":
+            # An AUTOINCREMENT table never reuses a key up to sqlite_sequence's `seq`, so
+            # moving `seq` on reserves the keys in between. The row appears with the first
+            # insert; until then it starts from the largest key.
+            with transaction.atomic():
+                cursor.execute(
+                    f"INSERT INTO sqlite_sequence (name, seq) "
+                    f"SELECT %s, (SELECT COALESCE(MAX({connection.ops.quote_name(column)}), 0) "
+                    f"FROM {table}) "
+                    f"WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = %s)",
+                    [Message._meta.db_table, Message._meta.db_table],
+                )
+                cursor.execute(
+                    "UPDATE sqlite_sequence SET seq = seq + %s WHERE name = %s RETURNING seq",
+                    [count, Message._meta.db_table],
+                )
+                [(last,)] = cursor.fetchall()
+            return list(range(last - count + 1, last + 1))
+    return []
+
+
+class ReplyIds:
+    """Ids for bot replies, reserved from the database a block at a time, so that a reply can
+    go to the customer with its id before its row is written (`bot_turn`).
+
+    Taking an id never waits for the database: when the ids run low, a new block is reserved
+    on the customer-message writer's thread, and while there are none, a reply is stored
+    first and sent after, as every reply was before.
+    """
+
+    def __init__(self, block: int = 64) -> None:
+        self.block = block
+        self._free: deque[int] = deque()
+        self._refilling = False
+
+    def take(self) -> int | None:
+        if len(self._free) <= self.block // 2 and not self._refilling:
+            self._refilling = True
+            message_writer().run_on_worker(self._refill)
+        try:
+            return self._free.popleft()
+        except IndexError:
+            return None
+
+    def reserve(self) -> None:
+        """Reserve a block now, on this thread."""
+        self._free.extend(message_ids_reserve(self.block))
+
+    def _refill(self) -> None:
+        close_old_connections()
+        try:
+            self.reserve()
+        except Exception:
+            logger.exception("Could not reserve message ids; replies are stored before sending")
+        finally:
+            close_old_connections()
+            self._refilling = False
+
+    def forget(self) -> None:
+        """Drop the ids held (a test flushes the database; a sequence was reset)."""
+        self._free.clear()
+
+
+@cache
+def reply_ids() -> ReplyIds:
+    return ReplyIds()
+
+
 async def bot_turn(
     *,
     customer_message: Message,
     received_at: float,
     agent: Agent,
+    deliver: Callable[[dict], Awaitable[None]],
     context: selectors.TurnContext | None = None,
     store_ms: float = 0.0,
     analysis: asyncio.Future | None = None,
 ) -> Message | None:
-    """Ask the agent about a stored customer message and store its reply.
+    """Ask the agent about a stored customer message, send its reply frame to `deliver`, and
+    store the reply.
 
-    None when the bot must not answer: a person on the team has the conversation. `context`
-    is read here unless the caller read it with the message (`customer_messages_receive`);
-    `store_ms`, the time that took, goes into the reply's timings; `analysis`, the models'
-    reading of the message if the caller started it (`Agent.analyse`).
+    The reply is sent first and stored right after, under an id reserved for it (`ReplyIds`):
+    the customer does not wait for the reply's transaction. A reply that hands the
+    conversation to a person is stored first, so that the bot cannot answer the customer's
+    next message. None when the bot must not answer (a person on the team has the
+    conversation), or when a sent reply could not be stored (logged).
+
+    `context` is read here unless the caller read it with the message
+    (`customer_messages_receive`); `store_ms`, the time that took, goes into the reply's
+    timings; `analysis`, the models' reading of the message if the caller started it
+    (`Agent.analyse`).
     """
     if context is None:
         context = await db_async(selectors.turn_context)(message=customer_message)
@@ -332,8 +437,24 @@ async def bot_turn(
     ):
         reply = handoff_after_failures(reply)
     latency_ms = (time.perf_counter() - received_at) * 1000
-    stored = await reply_writer().submit(BotTurn(customer_message, reply, latency_ms))
-    return stored.value
+    in_reply_to = customer_message.client_message_id
+    reply_id = None if reply.handoff else reply_ids().take()
+    turn = BotTurn(customer_message, reply, latency_ms, reply_id)
+    if reply_id is None:
+        stored = (await reply_writer().submit(turn)).value
+        await deliver(protocol.reply_frame(stored, in_reply_to=in_reply_to))
+        return stored
+    try:
+        await deliver(protocol.agent_reply_frame(reply, id=reply_id, in_reply_to=in_reply_to))
+    finally:
+        # Stored whether or not the frame reached the customer.
+        try:
+            stored = (await reply_writer().submit(turn)).value
+        except Exception:
+            # The customer has the reply: an error frame now would only confuse them.
+            logger.exception("The reply to message %s was sent but not stored", customer_message.pk)
+            stored = None
+    return stored
 
 
 def discard(future: asyncio.Future) -> None:

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import pytest
 from django.conf import settings
 
-from chatbot.models import ModelVersion
+from chatbot.models import Message, ModelVersion
 from retrieval.store import VersionStore
 from training.config import TrainConfig
 from training.data import Example
@@ -37,6 +37,16 @@ class LiveServer:
 
     def log_tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:]
+
+
+def reply_row(reply_id: str | int, timeout_s: float = 10.0) -> Message:
+    """The stored row of a bot reply the customer received. A reply is sent before its row
+    is written (`services.bot_turn`), so the row may appear a moment after the frame."""
+    deadline = time.monotonic() + timeout_s
+    while (row := Message.objects.filter(pk=reply_id).first()) is None:
+        assert time.monotonic() < deadline, f"reply {reply_id} was sent but never stored"
+        time.sleep(0.01)
+    return row
 
 
 def database_url(db: dict) -> str:

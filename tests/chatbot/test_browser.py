@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from chatbot.models import Message
-from tests.chatbot.conftest import LiveServer
+from tests.chatbot.conftest import LiveServer, reply_row
 
 pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("knowledge_base")]
 
@@ -73,7 +73,7 @@ def test_a_customer_chats_reloads_and_sees_the_history(
     # then
     expect(bubbles(page, "customer")).to_have_text(["How long does standard delivery take?"])
     expect(bubbles(page, "bot")).to_have_count(2, timeout=REPLY_TIMEOUT_MS)  # greeting + reply
-    reply = Message.objects.get(role="bot")
+    reply = reply_row(bubbles(page, "bot").last.get_attribute("data-id"))
     expect(bubbles(page, "bot").last).to_have_text(reply.text, timeout=REPLY_TIMEOUT_MS)
     expect(page.get_by_test_id("chat-typing")).to_be_hidden()
 
@@ -164,6 +164,7 @@ def test_the_widget_goes_offline_queues_and_sends_once_the_server_is_back(
         "data-state", "online", timeout=REPLY_TIMEOUT_MS
     )
     expect(bubbles(page, "bot")).to_have_count(2, timeout=REPLY_TIMEOUT_MS)
+    reply_row(bubbles(page, "bot").last.get_attribute("data-id"))
     assert Message.objects.filter(role="customer").count() == 1
     assert Message.objects.filter(role="bot").count() == 1
 
@@ -179,7 +180,7 @@ def test_a_customer_asks_for_a_person_and_sees_the_admins_reply_live(
     page.get_by_test_id("chat-input").fill("I want to talk to a real person")
     page.get_by_test_id("chat-send").click()
     expect(bubbles(page, "bot")).to_have_count(2, timeout=REPLY_TIMEOUT_MS)
-    conversation = Message.objects.get(role="bot").conversation
+    conversation = reply_row(bubbles(page, "bot").last.get_attribute("data-id")).conversation
     assert conversation.status == "needs_human"
 
     # when: a support admin replies from Django admin, in another browser

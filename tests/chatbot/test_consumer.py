@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 
 import pytest
@@ -11,10 +12,13 @@ from channels.db import database_sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 
+from chatbot import protocol, services
+from chatbot.agent import Agent
 from chatbot.asgi import application
 from chatbot.models import Conversation, Message
 from chatbot.routing import websocket_urlpatterns
 from chatbot.security import WidgetOriginValidator
+from tests.chatbot.conftest import reply_row
 
 pytestmark = pytest.mark.usefixtures("knowledge_base")
 
@@ -35,12 +39,13 @@ async def open_chat(query: str = "", origin: bytes = ORIGIN) -> tuple[WebsocketC
 
 
 async def send_message(communicator: WebsocketCommunicator, text: str, client_id: str) -> dict:
-    """Send a customer message; returns the reply after checking the ack."""
+    """Send a customer message; returns the reply after checking the ack, once it is stored."""
     await communicator.send_json_to({"type": "message", "text": text, "id": client_id})
     ack = await communicator.receive_json_from(timeout=30)
     assert ack["type"] == "ack" and ack["id"] == client_id
     reply = await communicator.receive_json_from(timeout=30)
     assert reply["type"] == "reply", reply
+    await database_sync_to_async(reply_row)(reply["id"])
     return reply
 
 
@@ -89,6 +94,44 @@ async def test_message_gets_a_reply_and_both_turns_are_stored(knowledge_base: st
     assert conversation.session_key == "v-123"
     assert conversation.user_agent == "pytest-browser/1.0"
     await communicator.disconnect()
+
+
+async def test_a_reply_goes_out_before_its_row_is_written_but_a_handoff_after() -> None:
+    # given: ids reserved for replies, and a delivery that looks at the database
+    conversation = await Conversation.objects.acreate()
+    await database_sync_to_async(services.reply_ids().reserve)()
+    seen = []
+
+    async def deliver(frame: dict) -> None:
+        row = await Message.objects.filter(pk=frame["id"]).afirst()
+        status = await Conversation.objects.values_list("status", flat=True).aget(
+            pk=conversation.pk
+        )
+        seen.append((frame, row, status))
+
+    async def turn(text: str, client_id: str) -> Message:
+        message, _ = await database_sync_to_async(services.customer_message_store)(
+            conversation_id=conversation.pk, text=text, client_id=client_id
+        )
+        return await services.bot_turn(
+            customer_message=message,
+            received_at=time.perf_counter(),
+            agent=Agent(),
+            deliver=deliver,
+        )
+
+    # when
+    answered = await turn("How much does delivery cost?", "t-1")
+    handed_off = await turn("I want to talk to a real person", "t-2")
+
+    # then: the answer went out before its row was written, with the id the row then got
+    (answer_frame, answer_row, _), (handoff_frame, handoff_row, status) = seen
+    assert answer_row is None and answer_frame["id"] == str(answered.pk)
+    stored = await Message.objects.select_related("intent").aget(pk=answered.pk)
+    assert answer_frame == protocol.reply_frame(stored, in_reply_to="t-1")
+    # and the hand-off was stored, with the conversation's new status, before it went out
+    assert handoff_frame["handoff"] and handoff_row is not None
+    assert handoff_row.pk == handed_off.pk and status == "needs_human"
 
 
 BAD_FRAMES = [

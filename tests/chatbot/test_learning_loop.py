@@ -26,7 +26,7 @@ from websockets.sync.client import connect
 
 from chatbot.learning import training_examples, validation_split
 from chatbot.models import Intent, Message, ModelVersion, TrainingRun
-from tests.chatbot.conftest import LiveServer, database_url
+from tests.chatbot.conftest import LiveServer, database_url, reply_row
 
 pytestmark = pytest.mark.server
 
@@ -52,6 +52,7 @@ def ask(server: LiveServer, text: str) -> dict:
         assert json.loads(ws.recv(timeout=20))["type"] == "ack"
         reply = json.loads(ws.recv(timeout=20))
     assert reply["type"] == "reply", reply
+    reply_row(reply["id"])
     return reply
 
 
@@ -180,8 +181,7 @@ def test_reviewed_conversations_retrain_through_the_worker_and_go_live_without_a
             break
         assert time.monotonic() < deadline, (replies, server.log_tail())
         time.sleep(1)
-    bot = Message.objects.filter(role="bot").order_by("-pk").first()
-    assert bot.model_version == run.model_version
+    assert reply_row(replies[-1]["id"]).model_version == run.model_version
 
     # then: and what it knew before, it still knows (at most one message of the set flips)
     after = regression_accuracy()

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from chatbot import protocol
 from chatbot.agent import AgentReply, IntentScore
 from chatbot.models import AnswerTemplate, Conversation, Intent, Message
-from chatbot.services import BotTurn, bot_replies_store
+from chatbot.services import BotTurn, bot_replies_store, message_ids_reserve
 
 pytestmark = pytest.mark.django_db(transaction=True)  # foreign keys are checked at commit
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def answer(intent: str, text: str = "Track it under My orders.") -> AgentReply:
@@ -122,3 +130,74 @@ def test_a_template_deleted_after_the_process_saw_it_still_gets_the_reply_stored
     reply = Message.objects.get(in_reply_to=later)
     assert reply.pk == stored.pk and reply.template_id is None
     assert reply.text == with_template.text
+
+
+def test_a_reply_is_stored_under_the_id_reserved_for_it_which_no_other_row_gets() -> None:
+    # given: ids reserved, then a row inserted the ordinary way
+    conversation = Conversation.objects.create()
+    Intent.objects.create(name="order_status")
+    reserved = message_ids_reserve(3)
+    first, second = question(conversation, "first"), question(conversation, "second")
+
+    # when: one reply with a reserved id and one without, in one batch
+    reply = answer("order_status")
+    stored = bot_replies_store(
+        [BotTurn(first, reply, 1.0, reply_id=reserved[1]), BotTurn(second, reply, 1.0)]
+    )
+
+    # then
+    assert len(set(reserved)) == 3 and {first.pk, second.pk, stored[1].pk}.isdisjoint(reserved)
+    assert [m.in_reply_to_id for m in stored] == [first.pk, second.pk]
+    row = Message.objects.select_related("intent").get(pk=reserved[1])
+    assert row.in_reply_to_id == first.pk
+    # and the frame sent before the row was written is the frame of the row
+    assert protocol.agent_reply_frame(
+        reply, id=reserved[1], in_reply_to="c-1"
+    ) == protocol.reply_frame(row, in_reply_to="c-1")
+
+
+def test_a_reply_whose_reserved_id_was_taken_is_stored_under_another() -> None:
+    # given: the reserved id taken by a row written under it (a sequence reset under a process)
+    conversation = Conversation.objects.create()
+    Intent.objects.create(name="order_status")
+    [taken] = message_ids_reserve(1)
+    Message.objects.create(pk=taken, conversation=conversation, role="system", text="note")
+    later = question(conversation, "later")
+
+    # when
+    [stored] = bot_replies_store([BotTurn(later, answer("order_status"), 1.0, reply_id=taken)])
+
+    # then: the reply is not lost
+    assert stored.pk != taken
+    assert Message.objects.get(in_reply_to=later).pk == stored.pk
+
+
+def test_message_ids_are_reserved_on_sqlite_too(tmp_path) -> None:
+    # given: the embedded database, migrated, with no message yet
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "--noinput", "-v", "0"], env=env, check=True, cwd=ROOT)
+    script = """
+import json
+from django.db import connection
+from chatbot.models import Conversation, Message
+from chatbot.services import message_ids_reserve
+conversation = Conversation.objects.create()
+# A table that was never rebuilt has no sqlite_sequence row until its first insert.
+connection.cursor().execute("DELETE FROM sqlite_sequence WHERE name = 'chatbot_message'")
+before = message_ids_reserve(3)
+inserted = Message.objects.create(conversation=conversation, role="customer", text="hi").pk
+after = message_ids_reserve(2)
+Message.objects.create(pk=before[0], conversation=conversation, role="bot", text="hello")
+print(json.dumps({"before": before, "inserted": inserted, "after": after}))
+"""
+
+    # when
+    done = subprocess.run(
+        [*manage, "shell", "-c", script], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+
+    # then: each block is new, and an ordinary insert lands after the blocks before it
+    assert done.returncode == 0, done.stderr
+    ids = json.loads(done.stdout.strip().splitlines()[-1])
+    assert ids == {"before": [1, 2, 3], "inserted": 4, "after": [5, 6]}

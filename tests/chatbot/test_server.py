@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
 from chatbot.models import Message
 from chatbot.runtime import get_runtime
-from tests.chatbot.conftest import WEBSOCKET_MAX_MESSAGE_BYTES, LiveServer
+from tests.chatbot.conftest import WEBSOCKET_MAX_MESSAGE_BYTES, LiveServer, reply_row
 from training.inference import PRECISIONS
 
 pytestmark = [pytest.mark.server, pytest.mark.usefixtures("knowledge_base")]
@@ -41,6 +41,7 @@ async def chat(ws, text: str, client_id: str) -> dict:
     assert ack["type"] == "ack", ack
     reply = json.loads(await ws.recv())
     assert reply["type"] == "reply", reply
+    await database_sync_to_async(reply_row)(reply["id"])
     return reply
 
 

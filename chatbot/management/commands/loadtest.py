@@ -1,5 +1,6 @@
 import asyncio
 import json
+import time
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -17,24 +18,31 @@ def demo_texts() -> list[str]:
     return [t for i in intents if i["name"] not in SKIPPED_INTENTS for t in i["examples"]]
 
 
-def stored_turns(results: list[loadtest.CustomerResult]) -> tuple[int, int, int] | None:
+def stored_turns(
+    results: list[loadtest.CustomerResult], *, settle_s: float = 5.0
+) -> tuple[int, int, int] | None:
     """(sent, stored, answered) for the turns the load test sent, or None when none of its
-    conversations is in this database (pointed at another deployment)."""
+    conversations is in this database (pointed at another deployment). A reply is written
+    just after it is sent, so the last ones get `settle_s` to appear."""
     sent = {(r.conversation, cid) for r in results if r.conversation for cid in r.sent}
     if not sent:
         return None
     conversations = {conversation for conversation, _ in sent}
-    rows = Message.objects.filter(
-        role=Message.Role.CUSTOMER,
-        conversation__public_id__in=conversations,
-        client_message_id__in={cid for _, cid in sent},
-    ).values_list("conversation__public_id", "client_message_id", "reply__id")
-    found = {(str(conversation), cid): reply for conversation, cid, reply in rows}
-    if not found and not Message.objects.filter(conversation__public_id__in=conversations):
-        return None
-    stored = sum(key in found for key in sent)
-    answered = sum(found.get(key) is not None for key in sent)
-    return len(sent), stored, answered
+    deadline = time.monotonic() + settle_s
+    while True:
+        rows = Message.objects.filter(
+            role=Message.Role.CUSTOMER,
+            conversation__public_id__in=conversations,
+            client_message_id__in={cid for _, cid in sent},
+        ).values_list("conversation__public_id", "client_message_id", "reply__id")
+        found = {(str(conversation), cid): reply for conversation, cid, reply in rows}
+        if not found and not Message.objects.filter(conversation__public_id__in=conversations):
+            return None
+        stored = sum(key in found for key in sent)
+        answered = sum(found.get(key) is not None for key in sent)
+        if answered == len(sent) or time.monotonic() > deadline:
+            return len(sent), stored, answered
+        time.sleep(0.1)
 
 
 class Command(BaseCommand):
