@@ -28,7 +28,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.agent = Agent()
         query = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
         headers = dict(self.scope.get("headers", []))
-        self.conversation = await db_async(services.conversation_open)(
+        self.conversation, new = await db_async(services.conversation_open)(
             public_id=_valid_uuid(query.get("conversation", [""])[0]),
             visitor=query.get("visitor", [""])[0],
             user_agent=headers.get(b"user-agent", b"").decode("latin1"),
@@ -39,7 +39,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         get_runtime().warm_up()
-        history = await db_async(selectors.conversation_history)(conversation=self.conversation)
+        # Read after joining the group, so that no message sent meanwhile falls in between.
+        history = (
+            []
+            if new
+            else await db_async(selectors.conversation_history)(conversation=self.conversation)
+        )
         await self.send_json(
             {
                 "type": "history",

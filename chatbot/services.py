@@ -31,8 +31,10 @@ Out = TypeVar("Out")
 DUPLICATE_REPLY_WAIT_S = 15.0
 
 
-def conversation_open(*, public_id: str, visitor: str, user_agent: str) -> Conversation:
-    """Resume the customer's open conversation, or start a new one."""
+def conversation_open(
+    *, public_id: str, visitor: str, user_agent: str
+) -> tuple[Conversation, bool]:
+    """Resume the customer's open conversation, or start a new one; whether it is new."""
     if public_id:
         existing = (
             Conversation.objects.filter(public_id=public_id)
@@ -40,8 +42,9 @@ def conversation_open(*, public_id: str, visitor: str, user_agent: str) -> Conve
             .first()
         )
         if existing is not None:
-            return existing
-    return Conversation.objects.create(session_key=visitor[:64], user_agent=user_agent[:512])
+            return existing, False
+    created = Conversation.objects.create(session_key=visitor[:64], user_agent=user_agent[:512])
+    return created, True
 
 
 def conversation_rate(*, conversation_id: int, score: int) -> None:
@@ -238,10 +241,7 @@ def bot_replies_create(turns: Sequence[BotTurn]) -> list[Message]:
         Conversation.objects.filter(pk__in=handed_off).update(
             status=Conversation.Status.NEEDS_HUMAN
         )
-    Message.objects.bulk_update(
-        [Message(pk=t.customer_message.pk, review_priority=t.reply.review_priority) for t in turns],
-        ["review_priority"],
-    )
+    review_priorities_set({t.customer_message.pk: t.reply.review_priority for t in turns})
     return Message.objects.bulk_create(
         [
             _bot_message(
@@ -252,6 +252,33 @@ def bot_replies_create(turns: Sequence[BotTurn]) -> list[Message]:
             )
             for turn in turns
         ]
+    )
+
+
+def review_priorities_set(priorities: dict[int, float]) -> None:
+    """Set the review priority of customer messages (by primary key): one UPDATE, in SQL.
+
+    The ORM's `bulk_update` builds a CASE expression for this; building it took about a
+    quarter of the reply writer's time under load.
+    """
+    if not priorities:
+        return
+    sql = _review_priorities_sql().format(values=", ".join(["(%s, %s)"] * len(priorities)))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [value for pair in priorities.items() for value in pair])
+
+
+@cache
+def _review_priorities_sql() -> str:
+    """`review_priorities_set`'s statement; `{values}` stands for its (id, priority) rows."""
+    quote = connection.ops.quote_name
+    table = quote(Message._meta.db_table)
+    pk = quote(Message._meta.pk.column)
+    priority = quote(Message._meta.get_field("review_priority").column)
+    return (
+        f"WITH v (id, priority) AS (VALUES {{values}}) "
+        f"UPDATE {table} SET {priority} = (SELECT v.priority FROM v WHERE v.id = {table}.{pk}) "
+        f"WHERE {pk} IN (SELECT v.id FROM v)"
     )
 
 

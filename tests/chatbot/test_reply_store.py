@@ -201,3 +201,22 @@ print(json.dumps({"before": before, "inserted": inserted, "after": after}))
     assert done.returncode == 0, done.stderr
     ids = json.loads(done.stdout.strip().splitlines()[-1])
     assert ids == {"before": [1, 2, 3], "inserted": 4, "after": [5, 6]}
+
+
+def test_each_customer_message_gets_the_review_priority_of_its_own_reply() -> None:
+    # given: replies of different certainty in one batch
+    conversation = Conversation.objects.create()
+    Intent.objects.create(name="order_status")
+    sure, unsure = question(conversation, "sure"), question(conversation, "unsure")
+    doubtful = replace(answer("order_status"), confidence=0.3, decision="clarify")
+
+    # when
+    bot_replies_store([BotTurn(sure, answer("order_status"), 1.0), BotTurn(unsure, doubtful, 1.0)])
+
+    # then
+    priorities = dict(Message.objects.filter(role="customer").values_list("pk", "review_priority"))
+    assert priorities == {
+        sure.pk: pytest.approx(answer("order_status").review_priority),
+        unsure.pk: pytest.approx(doubtful.review_priority),
+    }
+    assert doubtful.review_priority > answer("order_status").review_priority
