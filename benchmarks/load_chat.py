@@ -241,6 +241,39 @@ async def idle_connections(url: str, count: int, hold_s: float) -> dict:
     return {"opened": opened, "held_s": hold_s, "errors": len(errors), "error_samples": errors[:3]}
 
 
+def bench_env(scratch: Path) -> dict[str, str]:
+    """The environment of a benchmark's servers: the scratch database, data under `scratch`."""
+    return {
+        **os.environ,
+        "DATABASE_URL": DATABASE_URL,
+        "CHATBOT_DATA_DIR": str(scratch / "data"),
+        "CHATBOT_VAR_DIR": str(scratch / "var"),
+        "HF_HUB_OFFLINE": "1",
+        "DJANGO_SETTINGS_MODULE": "chatbot.settings",
+        "LOG_LEVEL": "WARNING",
+        # As in production: DEBUG off (Django's debug mode records every SQL query).
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": "load-benchmark-only",
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+    }
+
+
+def prepare(env: dict[str, str]) -> None:
+    """A fresh scratch database with the demo knowledge base and model, and Django set up on
+    it in this process (to check what the load tests stored)."""
+    fresh_database()
+    os.environ.update({k: env[k] for k in ("DATABASE_URL", "CHATBOT_DATA_DIR", "CHATBOT_VAR_DIR")})
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatbot.settings")
+    manage("migrate", "--noinput", env=env)
+    manage("load_knowledge_base", env=env)
+    manage("prepare_model", env=env)
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/load_chat.json")
@@ -254,30 +287,8 @@ def main() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 8192)), hard))
     scratch = Path(tempfile.mkdtemp(prefix="load-bench-"))
-    fresh_database()
-    env = {
-        **os.environ,
-        "DATABASE_URL": DATABASE_URL,
-        "CHATBOT_DATA_DIR": str(scratch / "data"),
-        "CHATBOT_VAR_DIR": str(scratch / "var"),
-        "HF_HUB_OFFLINE": "1",
-        "DJANGO_SETTINGS_MODULE": "chatbot.settings",
-        "LOG_LEVEL": "WARNING",
-        # As in production: DEBUG off (Django's debug mode records every SQL query).
-        "DJANGO_DEBUG": "0",
-        "DJANGO_SECRET_KEY": "load-benchmark-only",
-        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
-    }
-    os.environ.update({k: env[k] for k in ("DATABASE_URL", "CHATBOT_DATA_DIR", "CHATBOT_VAR_DIR")})
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatbot.settings")
-    manage("migrate", "--noinput", env=env)
-    manage("load_knowledge_base", env=env)
-    manage("prepare_model", env=env)
-    sys.path.insert(0, str(ROOT))
-    import django
-
-    django.setup()
+    env = bench_env(scratch)
+    prepare(env)
     from chatbot.management.commands.loadtest import demo_texts
     from chatbot.models import ModelVersion
 
