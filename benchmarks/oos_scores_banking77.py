@@ -55,6 +55,32 @@ class Mahalanobis:
         return -distance
 
 
+def layer_averaged(classifier: IntentClassifier, texts: list[str]) -> np.ndarray:
+    """Each text's tokens averaged in every layer, then the layers averaged ("Avg-Avg", Chen et
+    al. 2022): earlier layers keep what fine-tuning taught the last one to ignore."""
+    import torch
+
+    rows = []
+    for start in range(0, len(texts), 64):
+        batch = classifier.tokenizer(
+            texts[start : start + 64],
+            padding=True,
+            truncation=True,
+            max_length=64,
+            return_tensors="pt",
+        )
+        with torch.inference_mode():
+            hidden = classifier.model.encoder(**batch, output_hidden_states=True).hidden_states
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        layers = [(h * mask).sum(dim=1) / mask.sum(dim=1) for h in hidden[1:]]
+        rows.append(torch.stack(layers).mean(dim=0).numpy())
+    return np.concatenate(rows)
+
+
+def train_y_of(classifier: IntentClassifier, rows) -> np.ndarray:
+    return np.array([classifier.labels.index(e.label) for e in rows])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model-dir", type=Path, default=Path("/tmp/holdout_model"))
@@ -86,9 +112,19 @@ def main() -> None:
         for name, rows in (("train", train), ("val", val), ("dev", dev)):
             arrays[f"{name}_f"], arrays[f"{name}_l"] = features([e.text for e in rows])
         np.savez(cache, **arrays)
+    layered_cache = args.model_dir / "oos_layer_features.npz"
+    if layered_cache.exists():
+        layered = dict(np.load(layered_cache))
+    else:
+        layered = {
+            name: layer_averaged(classifier, [e.text for e in rows])
+            for name, rows in (("train", train), ("val", val), ("dev", dev))
+        }
+        np.savez(layered_cache, **layered)
+    layer_mahalanobis = Mahalanobis(layered["train"], train_y_of(classifier, train))
     train_f, val_f, val_l = arrays["train_f"], arrays["val_f"], arrays["val_l"]
     dev_f, dev_l = arrays["dev_f"], arrays["dev_l"]
-    train_y = np.array([classifier.labels.index(e.label) for e in train])
+    train_y = train_y_of(classifier, train)
     mahalanobis = Mahalanobis(train_f, train_y)
 
     def scores(f: np.ndarray, logits: np.ndarray) -> dict[str, np.ndarray]:
@@ -105,12 +141,19 @@ def main() -> None:
         }
 
     on_val, on_dev = scores(val_f, val_l), scores(dev_f, dev_l)
+    for table, name in ((on_val, "val"), (on_dev, "dev")):
+        table["layer-averaged mahalanobis"] = layer_mahalanobis.score(layered[name])
+        table["relative layer-averaged mahalanobis"] = layer_mahalanobis.score(
+            layered[name], relative=True
+        )
     # Sums of scores, each standardised on the in-scope validation messages.
     for first, second in (
         ("max probability", "mahalanobis"),
         ("max probability", "relative mahalanobis"),
         ("max logit", "mahalanobis"),
         ("max probability", "5-nearest (fine-tuned)"),
+        ("max probability", "layer-averaged mahalanobis"),
+        ("max probability", "relative layer-averaged mahalanobis"),
     ):
         name = f"{first} + {second}"
         mean = {k: on_val[k].mean() for k in (first, second)}
