@@ -254,8 +254,10 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"warming_up": {"()": "chatbot.log.WarmingUpIsNoError"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
     "loggers": {
+        "django.request": {"filters": ["warming_up"]},
         "django.channels.server": {"level": "WARNING"},
         "faiss.loader": {"level": "WARNING"},
     },

@@ -31,4 +31,6 @@ def readyz(request: HttpRequest) -> JsonResponse:
     body = {**_alive(), "model": "ready" if ready else "warming_up"}
     if ready:
         body |= runtime.serving()
+    # Healthy and loading: expected at every start, not an error to log (`WarmingUpIsNoError`).
+    request.warming_up = bool(body["index"]) and not ready
     return JsonResponse(body, status=200 if body["index"] and ready else 503)

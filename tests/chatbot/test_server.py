@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import time
 import urllib.request
 from pathlib import Path
@@ -81,17 +82,33 @@ async def test_a_serving_process_is_ready_once_its_models_are_loaded(
     assert json.load(ready) == {"database": "ok", "index": knowledge_base, "model": "ready"}
 
 
-def test_a_process_still_warming_up_is_not_ready(client, monkeypatch) -> None:
+def test_a_process_still_warming_up_is_not_ready(client, monkeypatch, caplog) -> None:
     # given: a runtime that has not run its warm-up pass (as in a process that just started)
     cold = get_runtime.__wrapped__()  # a new one, built from the settings as every process's is
     monkeypatch.setattr("chatbot.views.get_runtime", lambda: cold)
 
     # when
-    response = client.get("/readyz")
+    with caplog.at_level(logging.INFO, logger="django.request"):
+        response = client.get("/readyz")
 
-    # then: alive, but not to be sent customers yet
+    # then: alive, but not to be sent customers yet; and that is no error in the log
     assert response.status_code == 503 and response.json()["model"] == "warming_up"
     assert client.get("/healthz").status_code == 200
+    assert not [r for r in caplog.records if r.name == "django.request"]
+
+
+def test_a_readiness_probe_without_an_answer_index_is_still_logged_as_an_error(
+    client, monkeypatch, caplog
+) -> None:
+    # given: nothing published, so the process is not healthy either
+    monkeypatch.setattr("chatbot.selectors.live_index_version", lambda: None)
+
+    # when
+    response = client.get("/readyz")
+
+    # then
+    assert response.status_code == 503
+    assert [r.levelname for r in caplog.records if r.name == "django.request"] == ["ERROR"]
 
 
 async def test_bad_input_over_daphne_gets_errors_and_nothing_stored_is_lost(
