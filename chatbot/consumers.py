@@ -28,8 +28,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.agent = Agent()
         query = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
         headers = dict(self.scope.get("headers", []))
-        self.conversation, new = await db_async(services.conversation_open)(
-            public_id=_valid_uuid(query.get("conversation", [""])[0]),
+        resumed = await db_async(services.conversation_resume)(
+            public_id=_valid_uuid(query.get("conversation", [""])[0])
+        )
+        # A new conversation is stored with the customer's first message (`started`).
+        self.conversation = resumed or services.conversation_new(
             visitor=query.get("visitor", [""])[0],
             user_agent=headers.get(b"user-agent", b"").decode("latin1"),
         )
@@ -42,7 +45,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # Read after joining the group, so that no message sent meanwhile falls in between.
         history = (
             []
-            if new
+            if resumed is None
             else await db_async(selectors.conversation_history)(conversation=self.conversation)
         )
         await self.send_json(
@@ -78,7 +81,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self.customer_text(frame, received_at)
             case protocol.Rating(score=score):
                 await db_async(services.conversation_rate)(
-                    conversation_id=self.conversation.pk, score=score
+                    conversation_id=await self.started(), score=score
                 )
                 await self.send_json({"type": "rated", "score": score})
             case protocol.Ping():
@@ -89,7 +92,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         analysis = self.agent.analyse(frame.text)
         try:
             stored = await services.message_writer().submit(
-                services.Incoming(self.conversation.pk, frame.text, frame.client_id)
+                services.Incoming(await self.started(), frame.text, frame.client_id)
             )
         except BaseException:
             services.discard(analysis)
@@ -123,6 +126,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         if reply is not None:
             await self.send_json(protocol.reply_frame(reply, in_reply_to=frame.client_id))
+
+    async def started(self) -> int:
+        """The conversation's primary key, storing it first if this is its first message."""
+        if self.conversation.pk is None:
+            await db_async(services.conversation_start)(self.conversation)
+        return self.conversation.pk
 
     async def send_error(self, code: str, client_id: str) -> None:
         detail = "The assistant is not available right now; your message is saved."

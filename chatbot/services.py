@@ -31,20 +31,26 @@ Out = TypeVar("Out")
 DUPLICATE_REPLY_WAIT_S = 15.0
 
 
-def conversation_open(
-    *, public_id: str, visitor: str, user_agent: str
-) -> tuple[Conversation, bool]:
-    """Resume the customer's open conversation, or start a new one; whether it is new."""
-    if public_id:
-        existing = (
-            Conversation.objects.filter(public_id=public_id)
-            .exclude(status=Conversation.Status.CLOSED)
-            .first()
-        )
-        if existing is not None:
-            return existing, False
-    created = Conversation.objects.create(session_key=visitor[:64], user_agent=user_agent[:512])
-    return created, True
+def conversation_resume(*, public_id: str) -> Conversation | None:
+    """The customer's conversation, unless it is unknown or closed."""
+    if not public_id:
+        return None
+    return (
+        Conversation.objects.filter(public_id=public_id)
+        .exclude(status=Conversation.Status.CLOSED)
+        .first()
+    )
+
+
+def conversation_new(*, visitor: str, user_agent: str) -> Conversation:
+    """A conversation for a customer who has none yet, not stored: the widget connects when its
+    page loads, and most visitors never write. `conversation_start` stores it when they do."""
+    return Conversation(session_key=visitor[:64], user_agent=user_agent[:512])
+
+
+def conversation_start(conversation: Conversation) -> None:
+    """Store a conversation made by `conversation_new`: its customer has written (or rated)."""
+    conversation.save(force_insert=True)
 
 
 def conversation_rate(*, conversation_id: int, score: int) -> None:

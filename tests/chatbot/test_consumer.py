@@ -209,13 +209,37 @@ async def test_reconnecting_with_the_conversation_id_sends_the_history() -> None
 async def test_an_unknown_conversation_id_starts_a_new_conversation(query: str) -> None:
     communicator, history = await open_chat(query)
 
-    assert history["messages"] == []
+    assert history["messages"] == [] and history["conversation"] not in query
+    await send_message(communicator, "hello there", "n-1")
     assert await Conversation.objects.filter(public_id=history["conversation"]).aexists()
     await communicator.disconnect()
 
 
+async def test_a_visitor_who_never_writes_leaves_no_conversation_behind() -> None:
+    # given: a page with the widget loaded, and reloaded, by a visitor who never writes
+    first, history = await open_chat("?visitor=v-9")
+    await first.disconnect()
+    second, again = await open_chat(f"?conversation={history['conversation']}&visitor=v-9")
+    await second.send_json_to({"type": "ping"})
+    assert await second.receive_json_from(timeout=10) == {"type": "pong"}
+
+    # then: nothing for support admins to wade through
+    assert again["messages"] == []
+    assert not await Conversation.objects.aexists()
+
+    # when: the visitor writes
+    await send_message(second, "Do you ship to Ireland?", "w-1")
+
+    # then: the conversation is stored, with what the widget told the server at connect
+    conversation = await Conversation.objects.aget(public_id=again["conversation"])
+    assert (conversation.session_key, conversation.user_agent) == ("v-9", "pytest-browser/1.0")
+    assert await conversation.messages.acount() == 2
+    await second.disconnect()
+
+
 async def test_a_closed_conversation_is_not_resumed() -> None:
     first, history = await open_chat()
+    await send_message(first, "hello there", "c-1")
     await first.disconnect()
     await Conversation.objects.filter(public_id=history["conversation"]).aupdate(
         status=Conversation.Status.CLOSED

@@ -174,6 +174,7 @@ async def test_a_staff_reply_reaches_a_customer_on_another_process_through_redis
     }
     async with connect(server.ws_url, origin=server.url, open_timeout=20) as ws:
         history = json.loads(await ws.recv())
+        await chat(ws, "hello", "s-1")  # a conversation is stored once its customer writes
         conversation = await Conversation.objects.aget(public_id=history["conversation"])
         # idle for longer than Redis' blocking pop (5 s): the connection must outlive it
         await asyncio.sleep(7)
