@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -31,41 +27,16 @@ import load_chat
 PORT = 8121
 
 
-def serve(checkout: Path, env: dict, log: Path) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        *("-m", "daphne", "-b", "127.0.0.1", "-p", str(PORT)),
-        *("--websocket-max-message-size", "262144", "chatbot.asgi:application"),
-    ]
-    with log.open("ab") as out:
-        process = subprocess.Popen(command, cwd=checkout, env=env, stdout=out, stderr=out)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{PORT}/readyz", timeout=2)
-            return process
-        except OSError:
-            assert time.monotonic() < deadline and process.poll() is None, log.read_text()[-2000:]
-            time.sleep(0.3)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def turn(process: subprocess.Popen, texts: list[str], *, saturated: bool) -> dict:
-    url = f"ws://127.0.0.1:{PORT}/ws/chat/"
-    load_chat.load([url], texts, clients=10, messages=5, think=0)  # warm up
-    with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/readyz", timeout=10) as response:
-        row = {"precision": json.load(response).get("precision"), "errors": 0, "all_stored": True}
+def turn(server: load_chat.Server, texts: list[str], *, saturated: bool) -> dict:
+    load_chat.load([server.url], texts, clients=10, messages=5, think=0)  # warm up
+    row = {"precision": server.ready().get("precision"), "errors": 0, "all_stored": True}
     runs = [("alone", 1, 100, 0.05), ("paced", 100, 30, 1.0)]
     if saturated:
         runs.append(("saturated", 64, 40, 0.0))
     for name, clients, messages, think in runs:
-        before = cpu_seconds(process.pid)
-        run = load_chat.load([url], texts, clients=clients, messages=messages, think=think)
-        cpu_ms = 1000 * (cpu_seconds(process.pid) - before) / run["replies"]
+        before = server.cpu_seconds()
+        run = load_chat.load([server.url], texts, clients=clients, messages=messages, think=think)
+        cpu_ms = 1000 * (server.cpu_seconds() - before) / run["replies"]
         row |= {
             f"{name}_p50_ms": round(run["p50_ms"], 1),
             f"{name}_p95_ms": round(run["p95_ms"], 1),
@@ -96,12 +67,12 @@ def main() -> None:
     rows: list[dict] = []
     for n in range(args.rounds):
         for side, checkout in (("A", args.a), ("B", args.b)):
-            process = serve(checkout.resolve(), env, scratch / f"daphne-{side}.log")
+            log = scratch / f"daphne-{side}.log"
+            server = load_chat.Server(PORT, env, log, cwd=checkout.resolve())
             try:
-                row = {"side": side, "round": n, **turn(process, texts, saturated=args.saturated)}
+                row = {"side": side, "round": n, **turn(server, texts, saturated=args.saturated)}
             finally:
-                process.terminate()
-                process.wait(timeout=30)
+                server.stop()
             print(json.dumps(row), flush=True)
             rows.append(row)
     for side in "AB":

@@ -51,7 +51,9 @@ def manage(*args: str, env: dict) -> None:
 
 
 class Server:
-    def __init__(self, port: int, env: dict, log: Path) -> None:
+    """A daphne process serving `cwd` (this checkout unless given another) on `port`."""
+
+    def __init__(self, port: int, env: dict, log: Path, *, cwd: Path = ROOT) -> None:
         self.port, self.log = port, log
         self.url = f"ws://127.0.0.1:{port}/ws/chat/"
         command = [
@@ -61,7 +63,7 @@ class Server:
         ]
         with log.open("ab") as out:
             self.process = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+                command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + 120
         while True:
@@ -82,6 +84,11 @@ class Server:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
+
+    def cpu_seconds(self) -> float:
+        """The CPU time the process has used so far (user and system)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.process.terminate()
