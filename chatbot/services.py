@@ -354,30 +354,29 @@ def message_ids_reserve(count: int) -> list[int]:
     """Take `count` primary keys for messages from the database, ahead of their rows: no other
     process or thread is given them, whether or not they are used. Empty on a database that
     cannot (only PostgreSQL and SQLite can here)."""
-    table = connection.ops.quote_name(Message._meta.db_table)
-    column = Message._meta.pk.column
+    table, column = Message._meta.db_table, Message._meta.pk.column
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(
                 "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
-                [Message._meta.db_table, column, count],
+                [table, column, count],
             )
             return [row[0] for row in cursor.fetchall()]
         if connection.vendor == "sqlite":
             # An AUTOINCREMENT table never reuses a key up to sqlite_sequence's `seq`, so
             # moving `seq` on reserves the keys in between. The row appears with the first
             # insert; until then it starts from the largest key.
+            quote = connection.ops.quote_name
             with transaction.atomic():
                 cursor.execute(
                     f"INSERT INTO sqlite_sequence (name, seq) "
-                    f"SELECT %s, (SELECT COALESCE(MAX({connection.ops.quote_name(column)}), 0) "
-                    f"FROM {table}) "
+                    f"SELECT %s, (SELECT COALESCE(MAX({quote(column)}), 0) FROM {quote(table)}) "
                     f"WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = %s)",
-                    [Message._meta.db_table, Message._meta.db_table],
+                    [table, table],
                 )
                 cursor.execute(
                     "UPDATE sqlite_sequence SET seq = seq + %s WHERE name = %s RETURNING seq",
-                    [count, Message._meta.db_table],
+                    [count, table],
                 )
                 [(last,)] = cursor.fetchall()
             return list(range(last - count + 1, last + 1))
