@@ -1,8 +1,8 @@
 """Out-of-scope detection from changes to training, BANKING77 with 10 intents held out.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/oos_outlier_exposure.py \
-        [--variants baseline,text,mixup,margin] [--epochs 3] [--oe-weight 0.5] \
-        [--scale 30 --margin 0.35]
+        [--variants baseline,text,mixup,margin,leaveout] [--epochs 3] [--oe-weight 0.5] \
+        [--scale 30 --margin 0.35] [--leave-out 0.15]
 
 An exploration for out-of-scope detection that needs no real out-of-scope data: outlier exposure
 with synthetic in-domain negatives, and a margin loss. During the
@@ -20,6 +20,12 @@ training texts only:
   (large margin cosine loss, Lin & Xu 2019, "Deep Unknown Intent Detection with Margin Loss"):
   logits = s * (cos(x, w_j) - m [j = y]). It pulls each intent's examples into a tighter cone
   around its class vector, which is what a distance-based out-of-scope score needs.
+- leaveout: real in-domain outliers instead of made-up ones. Each batch leaves a random share of
+  the known intents out of its label set; the softmax of their examples over the intents left in
+  is pushed towards uniform, next to the usual cross-entropy over every intent. An unseen intent
+  is a near neighbour of known ones, and this is the one situation the known data can simulate
+  (Vyas et al. 2018, "Out-of-distribution detection using an ensemble of self supervised
+  leave-out classifiers", with one model and a new split every batch instead of an ensemble).
 
 Evaluated as benchmarks/oos_scores_banking77.py does, on development data only: in scope = the
 validation split of the 67 known intents, out of scope = the held-out intents' rows of train.csv.
@@ -97,6 +103,22 @@ class TextNegatives:
         return out
 
 
+def leave_out_loss(logits, target, fraction: float, generator):
+    """Outlier exposure with real in-domain outliers: a random `fraction` of the intents is left
+    out of this batch's label set, and the softmax of their examples over the remaining intents is
+    pushed towards uniform (Vyas et al. 2018 train an ensemble of leave-out classifiers; here one
+    model sees a new split every batch)."""
+    import torch
+
+    left_out = torch.rand(logits.shape[1], generator=generator) < fraction
+    rows = left_out[target.cpu()].to(logits.device)
+    if not rows.any():
+        return torch.zeros((), device=logits.device)
+    kept = (~left_out).to(logits.device)
+    log_probs = torch.log_softmax(logits[rows][:, kept].float(), dim=1)
+    return -log_probs.mean(dim=1).mean()
+
+
 def cosine_head(weight, scale: float):
     """A head whose logits are scale * cos(pooled, w_j): no bias, both sides L2-normalised."""
     import torch
@@ -124,6 +146,7 @@ def train_variant(
     neg: int,
     scale: float = 30.0,
     margin: float = 0.35,
+    leave_out: float = 0.15,
 ):
     """The LP-FT loop of training.train.train plus an optional outlier-exposure loss.
 
@@ -214,6 +237,8 @@ def train_variant(
                     return_tensors="pt",
                 ).to(device)
                 extra = oe_loss(model(**neg_batch))
+            elif use_oe and variant == "leaveout":
+                extra = leave_out_loss(logits, target, leave_out, mix_rng)
             elif use_oe and variant == "mixup":
                 perm = torch.randperm(len(indices), generator=mix_rng)
                 keep = target != target[perm]
@@ -340,6 +365,9 @@ def main() -> None:
     parser.add_argument("--negatives", type=int, default=16, help="text negatives per batch")
     parser.add_argument("--scale", type=float, default=30.0, help="margin variant: s")
     parser.add_argument("--margin", type=float, default=0.35, help="margin variant: m")
+    parser.add_argument(
+        "--leave-out", type=float, default=0.15, help="leaveout variant: share of intents per batch"
+    )
     parser.add_argument("--seed", type=int, default=7, help="which 10 intents are held out")
     parser.add_argument("--limit", type=int, default=0, help="smoke test: first N of each split")
     parser.add_argument("--json", type=Path, default=Path("/tmp/oos_outlier_exposure.json"))
@@ -370,6 +398,7 @@ def main() -> None:
             neg=args.negatives,
             scale=args.scale,
             margin=args.margin,
+            leave_out=args.leave_out,
         )
         summary["eval"] = evaluate(model, tokenizer, label2id, train, val, oos, config.max_length)
         results.append(summary)
