@@ -21,7 +21,7 @@ added to the shipped score (calibrated probability + 5-nearest similarity, each 
 in-scope validation), by declining the lowest 3% and 5% of in-scope validation messages.
 Development data only, as in benchmarks/oos_scores_banking77.py: in scope = the validation split,
 out of scope = the held-out intents' rows of train.csv. The intent model is the one
-oos_scores_banking77.py trains (reused from --model-dir when it is there). About 25 minutes on
+oos_scores_banking77.py trains (reused from --model-dir when it is there). About 20 minutes on
 2 CPU cores, most of it the verifier's one epoch over 23,000 pairs.
 """
 
