@@ -50,8 +50,10 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from oos_scores_banking77 import holdout_split
+
 from training.config import TrainConfig
-from training.data import build_label_maps, load_csv, stratified_split
+from training.data import build_label_maps
 from training.model import IntentModel, load_encoder
 from training.train import (
     Batcher,
@@ -67,8 +69,6 @@ from training.train import (
     softmax,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
-HELD_OUT = 10
 SHARES = (0.02, 0.03, 0.05)
 SCORES = ("max probability", "5-nearest (fine-tuned)", "max probability + 5-nearest")
 
@@ -372,14 +372,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=0, help="smoke test: first N of each split")
     parser.add_argument("--json", type=Path, default=Path("/tmp/oos_outlier_exposure.json"))
     args = parser.parse_args()
-    examples = load_csv(DATA / "train.csv", label_col="category")
-    labels = sorted({e.label for e in examples})
-    held = set(random.Random(args.seed).sample(labels, HELD_OUT))
     config = TrainConfig(epochs=args.epochs)
-    train, val = stratified_split(
-        [e for e in examples if e.label not in held], val_fraction=config.val_fraction, seed=13
-    )
-    oos = [e for e in examples if e.label in held]
+    train, val, oos = holdout_split(args.seed)
+    held = {e.label for e in oos}
     if args.limit:
         rng = random.Random(0)
         train, val, oos = (

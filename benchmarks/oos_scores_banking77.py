@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.config import TrainConfig
-from training.data import load_csv, stratified_split
+from training.data import Example, load_csv, stratified_split
 from training.inference import IntentClassifier
 from training.pipeline import train_to_directory
 from training.train import Batcher, run_model, softmax
@@ -82,6 +82,20 @@ def layer_averaged(classifier: IntentClassifier, texts: list[str]) -> np.ndarray
     return np.concatenate(rows)
 
 
+def holdout_split(seed: int) -> tuple[list[Example], list[Example], list[Example]]:
+    """train.csv with `seed`'s 10 intents held out (the ones policy_banking77.py holds out): the
+    known intents' training and validation split, and the held-out intents' rows."""
+    examples = load_csv(DATA / "train.csv", label_col="category")
+    labels = sorted({e.label for e in examples})
+    held = set(random.Random(seed).sample(labels, 10))
+    train, val = stratified_split(
+        [e for e in examples if e.label not in held],
+        val_fraction=TrainConfig().val_fraction,
+        seed=13,
+    )
+    return train, val, [e for e in examples if e.label in held]
+
+
 def train_y_of(classifier: IntentClassifier, rows) -> np.ndarray:
     return np.array([classifier.labels.index(e.label) for e in rows])
 
@@ -91,16 +105,11 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=Path("/tmp/holdout_model"))
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
-    examples = load_csv(DATA / "train.csv", label_col="category")
-    labels = sorted({e.label for e in examples})
-    held = set(random.Random(args.seed).sample(labels, 10))
-    config = TrainConfig()
-    train, val = stratified_split(
-        [e for e in examples if e.label not in held], val_fraction=config.val_fraction, seed=13
-    )
-    dev = val + [e for e in examples if e.label in held]
+    train, val, oos = holdout_split(args.seed)
+    held = {e.label for e in oos}
+    dev = val + oos
     if not args.model_dir.exists():
-        train_to_directory(config, train, val, args.model_dir)
+        train_to_directory(TrainConfig(), train, val, args.model_dir)
     classifier = IntentClassifier.from_dir(args.model_dir, precision="fp32")
 
     def features(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:

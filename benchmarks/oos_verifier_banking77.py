@@ -39,9 +39,10 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from oos_scores_banking77 import holdout_split
+
 from retrieval.encoder import mean_pool
 from training.config import TrainConfig
-from training.data import load_csv, stratified_split
 from training.inference import IntentClassifier
 from training.model import load_encoder
 from training.pipeline import train_to_directory
@@ -55,7 +56,6 @@ from training.train import (
     softmax,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
 NEAR_INTENTS = 6
 
 
@@ -163,16 +163,9 @@ def main() -> None:
 
     torch.set_num_threads(os.cpu_count() or 1)
     seed_everything(0)
-    examples = load_csv(DATA / "train.csv", label_col="category")
-    labels = sorted({e.label for e in examples})
-    held = set(random.Random(args.seed).sample(labels, 10))
-    config = TrainConfig()
-    train, val = stratified_split(
-        [e for e in examples if e.label not in held], val_fraction=config.val_fraction, seed=13
-    )
-    oos = [e for e in examples if e.label in held]
+    train, val, oos = holdout_split(args.seed)
     if not args.model_dir.exists():
-        train_to_directory(config, train, val, args.model_dir)
+        train_to_directory(TrainConfig(), train, val, args.model_dir)
     if args.limit:
         rng = random.Random(0)
         train, val, oos = (rng.sample(rows, args.limit) for rows in (train, val, oos))
@@ -190,10 +183,12 @@ def main() -> None:
     verifier = Verifier(default_base_model())
     verifier.fit(texts, training_pairs(y_train, train_emb, np.random.default_rng(0)))
 
+    members_of = [np.flatnonzero(y_train == i) for i in range(len(classifier.labels))]
+
     def verified(rows, logits: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
         first, second, owner = [], [], []
         for n, intent in enumerate(logits.argmax(axis=1)):
-            members = np.flatnonzero(y_train == intent)
+            members = members_of[intent]
             if not len(members):  # only in a --limit smoke test
                 members = np.arange(len(y_train))
             nearest = members[np.argsort(-(train_emb[members] @ embeddings[n]))][: args.neighbours]
