@@ -2,7 +2,7 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/oos_outlier_exposure.py \
         [--variants baseline,text,mixup,margin,leaveout] [--epochs 3] [--oe-weight 0.5] \
-        [--scale 30 --margin 0.35] [--leave-out 0.15]
+        [--scale 30 --margin 0.35] [--leave-out 0.15] [--supcon-temperature 0.1]
 
 An exploration for out-of-scope detection that needs no real out-of-scope data: outlier exposure
 with synthetic in-domain negatives, and a margin loss. During the
@@ -26,6 +26,13 @@ training texts only:
   is a near neighbour of known ones, and this is the one situation the known data can simulate
   (Vyas et al. 2018, "Out-of-distribution detection using an ensemble of self supervised
   leave-out classifiers", with one model and a new split every batch instead of an ensemble).
+- supcon: no negatives; a supervised contrastive loss (Khosla et al. 2020) on the normalised
+  pooled embeddings beside the cross-entropy, each example's positives being the other examples
+  of its intent in the batch and in a queue of the last 2,048 embeddings (detached, as the
+  momentum queue of KNN-contrastive learning, Zhou et al. 2022, without the momentum encoder). It
+  gathers each intent into a tight cluster, which the 5-nearest score needs; contrastive training
+  is what makes nearest-neighbour out-of-distribution scores work in Sun et al. 2022. Its weight
+  is --oe-weight.
 
 Evaluated as benchmarks/oos_scores_banking77.py does, on development data only: in scope = the
 validation split of the 67 known intents, out of scope = the held-out intents' rows of train.csv.
@@ -119,6 +126,38 @@ def leave_out_loss(logits, target, fraction: float, generator):
     return -log_probs.mean(dim=1).mean()
 
 
+class SupConQueue:
+    """The supervised contrastive loss of a batch against itself and the last `size` embeddings."""
+
+    def __init__(self, size: int, temperature: float) -> None:
+        self.size = size
+        self.temperature = temperature
+        self.keys = None
+        self.labels = None
+
+    def loss(self, z, y):
+        import torch
+
+        z = z.float()
+        if self.keys is None:
+            keys, key_labels = z, y
+        else:
+            keys, key_labels = torch.cat([z, self.keys]), torch.cat([y, self.labels])
+        sim = z @ keys.T / self.temperature
+        own = torch.zeros_like(sim, dtype=torch.bool)
+        own[:, : len(z)] = torch.eye(len(z), dtype=torch.bool, device=z.device)
+        sim = sim.masked_fill(own, float("-inf"))
+        log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+        positive = (y[:, None] == key_labels[None, :]) & ~own
+        count = positive.sum(dim=1)
+        has = count > 0
+        self.keys, self.labels = keys.detach()[: self.size], key_labels[: self.size]
+        if not has.any():
+            return torch.zeros((), device=z.device)
+        per_anchor = -log_prob.masked_fill(~positive, 0.0).sum(dim=1)[has] / count[has]
+        return per_anchor.mean()
+
+
 def cosine_head(weight, scale: float):
     """A head whose logits are scale * cos(pooled, w_j): no bias, both sides L2-normalised."""
     import torch
@@ -147,6 +186,7 @@ def train_variant(
     scale: float = 30.0,
     margin: float = 0.35,
     leave_out: float = 0.15,
+    supcon_temperature: float = 0.1,
 ):
     """The LP-FT loop of training.train.train plus an optional outlier-exposure loss.
 
@@ -204,6 +244,7 @@ def train_variant(
     rng = random.Random(config.seed)
     negatives = TextNegatives(train_texts, y_train, random.Random(config.seed + 1))
     mix_rng = torch.Generator().manual_seed(config.seed)
+    queue = SupConQueue(2048, supcon_temperature)
     steps_per_epoch = -(-len(train) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     warmup = int(total_steps * config.warmup_ratio)
@@ -237,6 +278,8 @@ def train_variant(
                     return_tensors="pt",
                 ).to(device)
                 extra = oe_loss(model(**neg_batch))
+            elif use_oe and variant == "supcon":
+                extra = queue.loss(pooled, target)
             elif use_oe and variant == "leaveout":
                 extra = leave_out_loss(logits, target, leave_out, mix_rng)
             elif use_oe and variant == "mixup":
@@ -279,6 +322,7 @@ def train_variant(
     summary = {
         "variant": variant,
         "scale_margin": [scale, margin] if variant == "margin" else None,
+        "supcon_temperature": supcon_temperature if variant == "supcon" else None,
         "oe_weight": oe_weight if use_oe else 0.0,
         "best_epoch": best_epoch,
         "best_macro_f1": best_f1,
@@ -368,6 +412,7 @@ def main() -> None:
     parser.add_argument(
         "--leave-out", type=float, default=0.15, help="leaveout variant: share of intents per batch"
     )
+    parser.add_argument("--supcon-temperature", type=float, default=0.1, help="supcon variant: tau")
     parser.add_argument("--seed", type=int, default=7, help="which 10 intents are held out")
     parser.add_argument("--limit", type=int, default=0, help="smoke test: first N of each split")
     parser.add_argument("--json", type=Path, default=Path("/tmp/oos_outlier_exposure.json"))
@@ -394,6 +439,7 @@ def main() -> None:
             scale=args.scale,
             margin=args.margin,
             leave_out=args.leave_out,
+            supcon_temperature=args.supcon_temperature,
         )
         summary["eval"] = evaluate(model, tokenizer, label2id, train, val, oos, config.max_length)
         results.append(summary)
