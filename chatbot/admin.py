@@ -35,6 +35,7 @@ BOT_DECISION_FIELDS = (
     "template",
     "template_similarity",
     "nearest_similarity",
+    "out_of_scope_similarity",
     "suggestions",
     "model_version",
     "index_version",

@@ -48,6 +48,8 @@ class AgentReply:
     index_version: str
     model_version: str = ""
     nearest_example_similarity: float | None = None
+    # Similarity to the nearest customer message reviewed as out of scope (None: none reviewed).
+    out_of_scope_similarity: float | None = None
     # The retriever's opinion: the intent of the nearest known example (in the live model's
     # space; the base encoder's without a model).
     nearest_intent: str = ""
@@ -141,10 +143,15 @@ class Agent:
             if analysis.prediction is not None and analysis.prediction.similarity is not None
             else analysis.example_hits[0].score
         )
+        # ... and to the nearest message a support admin marked out of scope (None: none).
+        oos_similarity = (
+            analysis.prediction.oos_similarity if analysis.prediction is not None else None
+        )
         if chosen_intent:
             decision, intent = ANSWER, chosen_intent
         else:
-            decision, intent = analysis.policy.decide(ranked[0].score, similarity), ranked[0].intent
+            decision = analysis.policy.decide(ranked[0].score, similarity, oos_similarity)
+            intent = ranked[0].intent
         vector = analysis.vector[None, :]
         policy_started = time.perf_counter()
         template = None
@@ -176,6 +183,7 @@ class Agent:
             index_version=index.version,
             model_version=analysis.model_version,
             nearest_example_similarity=round(similarity, 4),
+            out_of_scope_similarity=None if oos_similarity is None else round(oos_similarity, 4),
             nearest_intent=analysis.example_hits[0].intent,
             choices=choices,
             timings={

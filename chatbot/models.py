@@ -167,6 +167,13 @@ class Message(models.Model):
         help_text="Similarity to the known examples that the out-of-scope check read: mean "
         "cosine of the 5 nearest in the live model's space (base encoder's nearest without one).",
     )
+    out_of_scope_similarity = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Cosine to the nearest customer message reviewed as out of scope, in the live "
+        "model's space; the out-of-scope check compares it with the similarity to the known "
+        "examples. Empty when the model was trained without any.",
+    )
     suggestions = models.JSONField(default=list, blank=True)
     model_version = models.ForeignKey(
         ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

@@ -308,6 +308,7 @@ def _bot_message(
             for a in reply.alternatives
         ],
         nearest_similarity=reply.nearest_example_similarity,
+        out_of_scope_similarity=reply.out_of_scope_similarity,
         nearest_intent=reply.nearest_intent,
         template_id=template_id,
         template_similarity=reply.template_similarity,

@@ -99,6 +99,8 @@ class Prediction:
     top_k: tuple[tuple[str, float], ...]  # best first, including `intent`
     # Mean cosine similarity of the 5 nearest training examples, in the model's space.
     similarity: float | None = None
+    # Cosine similarity to the nearest reviewed out-of-scope message (None: the model has none).
+    oos_similarity: float | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,7 @@ class IntentClassifier:
         # pass per batch, whatever the lengths).
         self.call_tokens: float | None = None
         self._neighbours = None  # FAISS index of the training examples, loaded when first needed
+        self._out_of_scope: np.ndarray | None = None  # reviewed out-of-scope messages, likewise
 
     @classmethod
     def from_dir(
@@ -225,12 +228,14 @@ class IntentClassifier:
         probs = softmax(logits / self.temperature)
         vectors = _unit_rows(embeddings)
         similarity = self._similarity(vectors)
+        oos = self._oos_similarity(vectors)
         k = min(k, len(self.labels))
         predictions = []
-        for row, sim in zip(probs, similarity, strict=True):
+        for i, (row, sim) in enumerate(zip(probs, similarity, strict=True)):
             best = np.argsort(-row)[:k]
-            top = tuple((self.labels[i], float(row[i])) for i in best)
-            predictions.append(Prediction(top[0][0], top[0][1], top, float(sim)))
+            top = tuple((self.labels[j], float(row[j])) for j in best)
+            near_oos = None if oos is None else float(oos[i])
+            predictions.append(Prediction(top[0][0], top[0][1], top, float(sim), near_oos))
         return predictions, vectors
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -262,6 +267,19 @@ class IntentClassifier:
         )
         return scores.mean(axis=1)
 
+    def _oos_similarity(self, embeddings: np.ndarray) -> np.ndarray | None:
+        """Cosine similarity to the nearest reviewed out-of-scope message the model was trained
+        with; None when it had none."""
+        from training.train import OUT_OF_SCOPE_FILE, nearest_out_of_scope
+
+        if self._out_of_scope is None:
+            path = None if self.path is None else self.path / OUT_OF_SCOPE_FILE
+            rows = np.load(path).astype(np.float32) if path and path.exists() else None
+            self._out_of_scope = np.zeros((0, 0), np.float32) if rows is None else rows
+        if not self._out_of_scope.size:
+            return None
+        return nearest_out_of_scope(embeddings, self._out_of_scope)
+
     def nearest_similarity(self, texts: Sequence[str]) -> np.ndarray:
         """Mean cosine similarity of each text to its 5 nearest training examples."""
         return np.array([p.similarity for p in self.predict(texts, k=1)], dtype=np.float32)
@@ -278,7 +296,10 @@ class IntentClassifier:
     def decide(self, texts: Sequence[str]) -> list[Decision]:
         """Predictions with the policy's decision, as the chat would take it."""
         policy = self.policy
-        return [Decision(p, policy.decide(p.confidence, p.similarity)) for p in self.predict(texts)]
+        return [
+            Decision(p, policy.decide(p.confidence, p.similarity, p.oos_similarity))
+            for p in self.predict(texts)
+        ]
 
 
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:

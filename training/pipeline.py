@@ -27,8 +27,10 @@ def train_to_directory(
     *,
     search_minutes: float = 0,
     progress: Progress | None = None,
+    out_of_scope: Sequence[str] = (),
 ) -> dict:
-    """Train into `out`, which appears only once complete; returns the metrics."""
+    """Train into `out`, which appears only once complete; returns the metrics.
+    `out_of_scope`: messages reviewed as outside every intent (see training.train.train)."""
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists; choose a new directory for the model.")
@@ -37,11 +39,28 @@ def train_to_directory(
         metrics: dict = {}
 
         def write(directory: Path) -> None:
-            metrics.update(train(config, train_set, val_set, directory, progress=progress))
+            metrics.update(
+                train(
+                    config,
+                    train_set,
+                    val_set,
+                    directory,
+                    progress=progress,
+                    out_of_scope=out_of_scope,
+                )
+            )
 
         store.write(write, version=out.name)
         return metrics
-    return _search(config, train_set, val_set, out, store, budget_s=search_minutes * 60)
+    return _search(
+        config,
+        train_set,
+        val_set,
+        out,
+        store,
+        budget_s=search_minutes * 60,
+        out_of_scope=out_of_scope,
+    )
 
 
 def search_space(config: TrainConfig) -> list[TrainConfig]:
@@ -61,7 +80,16 @@ def search_space(config: TrainConfig) -> list[TrainConfig]:
     return [config, *[c for c in grid if c != config]]
 
 
-def _search(config, train_set, val_set, out: Path, store: VersionStore, *, budget_s: float):
+def _search(
+    config,
+    train_set,
+    val_set,
+    out: Path,
+    store: VersionStore,
+    *,
+    budget_s: float,
+    out_of_scope: Sequence[str] = (),
+):
     """Train candidates until the budget would run out; keep the best on validation macro-F1."""
     started = time.monotonic()
     best: tuple[float, str, dict] | None = None
@@ -76,7 +104,9 @@ def _search(config, train_set, val_set, out: Path, store: VersionStore, *, budge
         trials_run = number
         trial_started = time.monotonic()
         version = store.write(
-            lambda d, c=candidate, m=metrics: m.update(train(c, train_set, val_set, d)),
+            lambda d, c=candidate, m=metrics: m.update(
+                train(c, train_set, val_set, d, out_of_scope=out_of_scope)
+            ),
             version=f".trial-{out.name}-{number}",
         )
         last = time.monotonic() - trial_started

@@ -36,6 +36,7 @@ from training.policy import decision_shares, fit_policy
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]
+OUT_OF_SCOPE_FILE = "out_of_scope.npy"  # reviewed out-of-scope messages, same space
 NEIGHBOURS_FILE = "neighbours.npy"
 
 
@@ -243,6 +244,17 @@ def _parameter_groups(model, config: TrainConfig):
 NEIGHBOURS_K = 5
 
 
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True).clip(min=1e-9)
+
+
+def nearest_out_of_scope(embeddings: np.ndarray, out_of_scope: np.ndarray) -> np.ndarray:
+    """Each row's cosine similarity to the nearest reviewed out-of-scope message (-1: none)."""
+    if not len(out_of_scope) or not len(embeddings):
+        return np.full(len(embeddings), -1.0, np.float32)
+    return (_unit(embeddings) @ _unit(out_of_scope).T).max(axis=1)
+
+
 def knn_similarity(queries: np.ndarray, keys: np.ndarray, k: int = NEIGHBOURS_K) -> np.ndarray:
     """Mean cosine similarity of each query to its `k` nearest keys (brute force, in blocks)."""
     queries = queries / np.linalg.norm(queries, axis=1, keepdims=True).clip(min=1e-9)
@@ -421,20 +433,32 @@ def train(
     )
     correct = probs.argmax(axis=1) == y_val
     neighbours = run_model(model, train_batcher, device, embed=True)
-    similarity = knn_similarity(run_model(model, val_batcher, device, embed=True), neighbours)
+    val_embeddings = run_model(model, val_batcher, device, embed=True)
+    similarity = knn_similarity(val_embeddings, neighbours)
     confidence = probs.max(axis=1)
+    oos_embeddings = None
+    val_oos_similarity: np.ndarray | list[None] = [None] * len(confidence)
     if out_of_scope:
         oos_batcher = Batcher(tokenizer, list(out_of_scope), max_length=config.max_length)
         oos_logits, oos_embeddings = run_model(model, oos_batcher, device, both=True)
+        oos_embeddings = _unit(oos_embeddings)
+        val_oos_similarity = nearest_out_of_scope(val_embeddings, oos_embeddings)
+        # Each reviewed message against the others: itself would always be its nearest.
+        among = oos_embeddings @ oos_embeddings.T
+        np.fill_diagonal(among, -1.0)
         policy = fit_policy(
             np.concatenate([confidence, softmax(oos_logits / temperature).max(axis=1)]),
             np.concatenate([correct, np.zeros(len(oos_logits), bool)]),
             np.concatenate([similarity, knn_similarity(oos_embeddings, neighbours)]),
             is_oos=np.arange(len(correct) + len(oos_logits)) >= len(correct),
+            oos_similarity=np.concatenate([val_oos_similarity, among.max(axis=1)]),
         )
     else:
         policy = fit_policy(confidence, correct, similarity)
-    decisions = [policy.decide(c, s) for c, s in zip(confidence, similarity, strict=True)]
+    decisions = [
+        policy.decide(c, s, o)
+        for c, s, o in zip(confidence, similarity, val_oos_similarity, strict=True)
+    ]
     kind = "lora" if config.lora else "full"
     meta = {
         "kind": kind,
@@ -449,6 +473,9 @@ def train(
     save_model(model, tokenizer, out_dir, meta=meta)
     # The training examples in the fine-tuned space: the known examples of the out-of-scope check.
     np.save(out_dir / NEIGHBOURS_FILE, neighbours.astype(np.float16))
+    if oos_embeddings is not None:
+        # The reviewed out-of-scope messages in the same space: the other side of the contrast.
+        np.save(out_dir / OUT_OF_SCOPE_FILE, oos_embeddings.astype(np.float16))
     cpu = _cpu_precision_checks(out_dir, val_batcher, y_val, val_scores["accuracy"], config)
 
     thresholds = {

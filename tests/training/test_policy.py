@@ -7,6 +7,7 @@ from training.policy import (
     CLARIFY,
     OUT_OF_SCOPE,
     Policy,
+    accuracy_loss_threshold,
     answer_threshold,
     coverage_threshold,
     decision_shares,
@@ -94,6 +95,67 @@ def test_fit_policy_with_out_of_scope_examples_weighs_the_signal_that_catches_th
     assert declined(with_examples)[is_oos].mean() > 0.9
     assert with_examples.similarity_weight > 0.9 and with_examples.confidence_weight < 0.1
     assert declined(with_examples)[is_oos].mean() > declined(without)[is_oos].mean() + 0.2
+
+
+def test_reviewed_out_of_scope_messages_near_known_ones_are_caught_by_the_contrast() -> None:
+    # given: unseen-intent messages that look in scope by probability and similarity alike, but
+    # lie close to one another (an admin reviewed a few of them as out of scope)
+    rng = np.random.default_rng(2)
+    n_in, n_oos = 1000, 60
+    confidence = rng.beta(5, 1.5, n_in + n_oos)
+    similarity = rng.uniform(0.5, 0.9, n_in + n_oos)
+    oos_similarity = np.concatenate(
+        [similarity[:n_in] - rng.uniform(0.1, 0.5, n_in), similarity[n_in:] + 0.05]
+    )
+    is_oos = np.arange(n_in + n_oos) >= n_in
+    correct = ~is_oos & (rng.uniform(size=n_in + n_oos) < 0.95)
+
+    # when
+    policy = fit_policy(
+        confidence,
+        correct,
+        similarity,
+        is_oos=is_oos,
+        oos_similarity=oos_similarity,
+        max_in_scope_decline=0.03,
+    )
+
+    # then: the contrast carries the decision, within the in-scope limit
+    declined = np.array(
+        [
+            policy.decide(c, s, o) == OUT_OF_SCOPE
+            for c, s, o in zip(confidence, similarity, oos_similarity, strict=True)
+        ]
+    )
+    assert policy.contrast_weight > 0
+    assert declined[is_oos].mean() > 0.9
+    assert declined[~is_oos].mean() <= 0.03
+    # ... and a model served without reviewed messages falls back to the other signals
+    assert Policy.from_dict(policy.to_dict()) == policy
+    assert policy.decide(0.99, 0.9, None) != OUT_OF_SCOPE
+
+
+def test_declines_cost_at_most_the_accuracy_limit() -> None:
+    # given: the lowest scores are mostly messages the model gets right
+    score = np.arange(100, dtype=float)
+    correct = np.ones(100, bool)
+    correct[[0, 2]] = False
+
+    # then: declining below the threshold drops at most 2 right answers of 100
+    threshold = accuracy_loss_threshold(score, correct, 0.02)
+    assert threshold == 4.0
+    assert correct[score < threshold].sum() == 2
+    assert accuracy_loss_threshold(score, np.zeros(100, bool), 0.02) == np.inf
+
+    # when: declining 3% would cost 3 right answers of 100
+    signal = np.linspace(0.5, 1.0, 100)
+    policy = fit_policy(signal, np.ones(100, bool), signal, max_accuracy_loss=0.02)
+
+    # then: it declines 2
+    declined = [policy.decide(c, c) == OUT_OF_SCOPE for c in signal]
+    assert sum(declined) == 2
+    three = fit_policy(signal, np.ones(100, bool), signal, max_accuracy_loss=0.05)
+    assert sum(three.decide(c, c) == OUT_OF_SCOPE for c in signal) == 3
 
 
 def test_coverage_threshold_and_decision_shares() -> None:

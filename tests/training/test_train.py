@@ -64,6 +64,37 @@ def test_packaged_model_trains_saves_and_predicts_the_same_after_reload(
     assert np.allclose(first.predict_proba(texts).sum(axis=1), 1.0)
     # the packaged sentence encoder separates these intents from nine examples
     assert [p.intent for p in predictions[:6]] == [e.label for e in val_set]
+    # trained without reviewed out-of-scope messages, it has none to compare with
+    assert all(p.oos_similarity is None for p in predictions)
+
+
+def test_reviewed_out_of_scope_messages_are_kept_with_the_model_and_read_for_every_message(
+    split, tmp_path: Path
+) -> None:
+    # given: messages a support admin marked out of scope
+    train_set, val_set = split
+    weather = [
+        "what will the weather be tomorrow",
+        "is it going to rain tomorrow",
+        "weather forecast for the weekend",
+        "will it be sunny tomorrow",
+        "how cold will it be tonight",
+    ]
+
+    # when
+    metrics = train_to_directory(quick(), train_set, val_set, tmp_path / "v1", out_of_scope=weather)
+    classifier = IntentClassifier.from_dir(tmp_path / "v1", precision="fp32")
+
+    # then: kept with the model, in its space, and read for every message
+    assert metrics["n_out_of_scope"] == len(weather)
+    assert (tmp_path / "v1" / "out_of_scope.npy").is_file()
+    near, far = classifier.predict(["will it snow tomorrow", "where is my new card"], k=1)
+    assert near.oos_similarity > far.oos_similarity
+    # the policy's contrast was standardised on the validation messages as served
+    served = classifier.predict([e.text for e in val_set], k=1)
+    contrast = [p.similarity - p.oos_similarity for p in served]
+    assert classifier.policy.contrast_mean == pytest.approx(np.mean(contrast), abs=1e-3)
+    assert classifier.policy.contrast_scale == pytest.approx(np.std(contrast), abs=1e-3)
 
 
 def test_any_bert_checkpoint_works_through_the_base_model_setting(
