@@ -1,9 +1,11 @@
 """The whole learning loop, with real processes: daphne, a Celery worker and the Redis broker.
 
-Customers use a phrasing the live model gets wrong; a support admin relabels those messages in
-Django admin (over HTTP, on the daphne process); the admin starts a training run, which goes
+Customers use a phrasing the live model gets wrong, and ask about jobs, which the shop's bot
+should not handle; a support admin relabels the first messages and marks the others out of scope
+in Django admin (over HTTP, on the daphne process); the admin starts a training run, which goes
 through Redis to the worker; the worker trains, scores and promotes; daphne, never restarted,
-answers the phrasing right within 30 seconds, and a fixed regression set keeps its accuracy.
+answers the phrasing right within 30 seconds, declines new questions about jobs, and a fixed
+regression set keeps its accuracy.
 """
 
 from __future__ import annotations
@@ -41,6 +43,22 @@ GHOST_DROP = [
     "you ghost dropped my stuff",
     "is this a ghost drop",
     "ghost drop complaint",
+]
+# Outside what the shop's bot is for, next to what it knows (store locations, contact details).
+JOBS_REVIEWED = [
+    "are you hiring at the moment",
+    "can i apply for a job in your warehouse",
+    "do you have any vacancies",
+    "i'd like to work for your company",
+    "how do i send you my cv",
+    "are there any part-time jobs at your shop",
+]
+JOBS_NEW = [
+    "any job openings?",
+    "i am looking for work, do you need staff",
+    "where can i apply to work with you",
+    "do you take on summer staff",
+    "is your store recruiting",
 ]
 
 
@@ -138,6 +156,10 @@ def test_reviewed_conversations_retrain_through_the_worker_and_go_live_without_a
     before = regression_accuracy()
     wrong = [text for text in GHOST_DROP if not understood(ask(server, text), "missing_package")]
     assert len(wrong) >= 4, "the live model already knows the phrasing; pick another"
+    for text in JOBS_REVIEWED:
+        ask(server, text)
+    declined_before = [ask(server, text)["decision"] == "out_of_scope" for text in JOBS_NEW]
+    assert not all(declined_before), "the live model already declines jobs; pick another topic"
 
     # when: the admin relabels those messages in the review queue
     admin = AdminSession(server, "support", "a-long-password-1")
@@ -154,6 +176,11 @@ def test_reviewed_conversations_retrain_through_the_worker_and_go_live_without_a
         },
     )
     assert f"{len(ids)} message(s) relabelled" in page
+    jobs = list(
+        Message.objects.filter(role="customer", text__in=JOBS_REVIEWED).values_list("pk", flat=True)
+    )
+    admin.post(f"{queue}?review=todo", {"action": "mark_out_of_scope", "_selected_action": jobs})
+    assert Message.objects.filter(pk__in=jobs, review="out_of_scope").count() == len(JOBS_REVIEWED)
 
     # when: ... and starts a training run, which the worker takes from Redis
     admin.post("/admin/chatbot/trainingrun/start/", {})
@@ -182,6 +209,13 @@ def test_reviewed_conversations_retrain_through_the_worker_and_go_live_without_a
         assert time.monotonic() < deadline, (replies, server.log_tail())
         time.sleep(1)
     assert reply_row(replies[-1]["id"]).model_version == run.model_version
+    assert run.model_version.metrics["n_out_of_scope"] == len(JOBS_REVIEWED)
+
+    # then: questions about jobs it had not seen are declined, and the stored turn says how
+    # close the nearest reviewed one was
+    replies = [ask(server, text) for text in JOBS_NEW]
+    assert [r["decision"] for r in replies] == ["out_of_scope"] * len(JOBS_NEW), replies
+    assert reply_row(replies[0]["id"]).out_of_scope_similarity > 0.3
 
     # then: and what it knew before, it still knows (at most one message of the set flips)
     after = regression_accuracy()
