@@ -57,6 +57,7 @@ def coverage_run(train, val, test, workdir: Path) -> dict:
     policy_answered = np.array([d.decision == ANSWER for d in decisions])
     return {
         "train_wall_s": round(wall, 1),
+        "served_precision": classifier.precision,
         "test_accuracy": float((pred == gold).mean()),
         "threshold_for_90pct_validation_coverage": threshold,
         "test_coverage": float(answered.mean()),
@@ -92,6 +93,7 @@ def holdout_run(examples, test, workdir: Path, seed: int, reviewed: int = 0) -> 
     accuracy_with = float(((pred == gold) & ~declined)[in_scope].mean())
     return {
         "reviewed_out_of_scope_per_intent": reviewed,
+        "served_precision": classifier.precision,
         "held_out_intents": sorted(held_out),
         "oos_test_messages": int(is_oos.sum()),
         "oos_recall": float(declined[is_oos].mean()),
