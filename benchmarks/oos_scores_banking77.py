@@ -31,7 +31,7 @@ from training.config import TrainConfig
 from training.data import Example, load_csv, stratified_split
 from training.inference import IntentClassifier
 from training.pipeline import train_to_directory
-from training.train import Batcher, run_model, softmax
+from training.train import Batcher, nearest_out_of_scope, run_model, softmax
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
 
@@ -236,8 +236,8 @@ def main() -> None:
         )
         judged = np.ones(len(dev), bool)
         judged[reviewed] = False
-        nearest_val = (val_f @ dev_f[reviewed].T).max(axis=1)
-        nearest_dev = (dev_f @ dev_f[reviewed].T).max(axis=1)
+        nearest_val = nearest_out_of_scope(val_f, dev_f[reviewed])
+        nearest_dev = nearest_out_of_scope(dev_f, dev_f[reviewed])
         contrast_val = on_val["5-nearest (fine-tuned)"] - nearest_val
         contrast_dev = on_dev["5-nearest (fine-tuned)"] - nearest_dev
         z = (contrast_val.mean(), contrast_val.std())

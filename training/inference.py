@@ -222,11 +222,11 @@ class IntentClassifier:
     def analyse(self, texts: Sequence[str], *, k: int = 3) -> tuple[list[Prediction], np.ndarray]:
         """`predict`, plus each text's unit-length embedding in the model's space (what the
         chat retrieves answer templates with), from the same forward pass."""
-        from training.train import softmax
+        from training.train import softmax, unit_rows
 
         logits, embeddings = self._run(texts)
         probs = softmax(logits / self.temperature)
-        vectors = _unit_rows(embeddings)
+        vectors = unit_rows(embeddings)
         similarity = self._similarity(vectors)
         oos = self._oos_similarity(vectors)
         k = min(k, len(self.labels))
@@ -240,7 +240,9 @@ class IntentClassifier:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length embeddings in the model's space, one row per text."""
-        return _unit_rows(self._run(texts)[1])
+        from training.train import unit_rows
+
+        return unit_rows(self._run(texts)[1])
 
     @property
     def dim(self) -> int:
@@ -270,11 +272,11 @@ class IntentClassifier:
     def _oos_similarity(self, embeddings: np.ndarray) -> np.ndarray | None:
         """Cosine similarity to the nearest reviewed out-of-scope message the model was trained
         with; None when it had none."""
-        from training.train import OUT_OF_SCOPE_FILE, nearest_out_of_scope
+        from training.train import OUT_OF_SCOPE_FILE, nearest_out_of_scope, unit_rows
 
         if self._out_of_scope is None:
             path = None if self.path is None else self.path / OUT_OF_SCOPE_FILE
-            rows = np.load(path).astype(np.float32) if path and path.exists() else None
+            rows = unit_rows(np.load(path)) if path and path.exists() else None
             self._out_of_scope = np.zeros((0, 0), np.float32) if rows is None else rows
         if not self._out_of_scope.size:
             return None
@@ -300,11 +302,6 @@ class IntentClassifier:
             Decision(p, policy.decide(p.confidence, p.similarity, p.oos_similarity))
             for p in self.predict(texts)
         ]
-
-
-def _unit_rows(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
 
 
 class TracedForward:

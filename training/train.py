@@ -244,15 +244,18 @@ def _parameter_groups(model, config: TrainConfig):
 NEIGHBOURS_K = 5
 
 
-def _unit(rows: np.ndarray) -> np.ndarray:
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True).clip(min=1e-9)
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Float32 rows of unit length: their inner products are cosine similarities."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
 
 
 def nearest_out_of_scope(embeddings: np.ndarray, out_of_scope: np.ndarray) -> np.ndarray:
-    """Each row's cosine similarity to the nearest reviewed out-of-scope message (-1: none)."""
+    """Each row's cosine similarity to the nearest reviewed out-of-scope message (-1: none);
+    both arguments are unit rows."""
     if not len(out_of_scope) or not len(embeddings):
         return np.full(len(embeddings), -1.0, np.float32)
-    return (_unit(embeddings) @ _unit(out_of_scope).T).max(axis=1)
+    return (embeddings @ out_of_scope.T).max(axis=1)
 
 
 def knn_similarity(queries: np.ndarray, keys: np.ndarray, k: int = NEIGHBOURS_K) -> np.ndarray:
@@ -441,8 +444,8 @@ def train(
     if out_of_scope:
         oos_batcher = Batcher(tokenizer, list(out_of_scope), max_length=config.max_length)
         oos_logits, oos_embeddings = run_model(model, oos_batcher, device, both=True)
-        oos_embeddings = _unit(oos_embeddings)
-        val_oos_similarity = nearest_out_of_scope(val_embeddings, oos_embeddings)
+        oos_embeddings = unit_rows(oos_embeddings)
+        val_oos_similarity = nearest_out_of_scope(unit_rows(val_embeddings), oos_embeddings)
         # Each reviewed message against the others: itself would always be its nearest.
         among = oos_embeddings @ oos_embeddings.T
         np.fill_diagonal(among, -1.0)
