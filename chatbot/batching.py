@@ -3,6 +3,10 @@
 The model runs on one worker thread, off the event loop. While it works, new requests queue up;
 the next call takes them all (up to `max_batch`), so under load the batch grows by itself and a
 lone request waits at most `max_wait_ms` for company.
+
+One request must not fail the others that rode with it. `fn` may put an exception in place of an
+item's result, which fails that item alone; when `fn` raises, each item of the batch is run again
+on its own, so `fn` must leave nothing behind when it raises.
 """
 
 from __future__ import annotations
@@ -86,18 +90,38 @@ class MicroBatcher(Generic[In, Out]):
             live = [entry for entry in batch if not entry[1].cancelled()]
             if not live:
                 continue
-            started = time.perf_counter()
             try:
-                results = await loop.run_in_executor(
-                    self._executor, self.fn, [item for item, _, _ in live]
-                )
+                await self._call(loop, live)
             except Exception as exc:  # one bad batch must not stop the worker
-                logger.exception("Batched call failed for %d items", len(live))
-                for _, future, _ in live:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            run_ms = (time.perf_counter() - started) * 1000
-            for (_, future, queued), result in zip(live, results, strict=True):
-                if not future.done():
-                    future.set_result(Batched(result, (started - queued) * 1000, run_ms, len(live)))
+                if len(live) == 1:
+                    logger.exception("Batched call failed")
+                    _settle(live[0][1], exc)
+                    continue
+                logger.warning(
+                    "Batched call failed for %d items (%r); running each on its own",
+                    len(live),
+                    exc,
+                )
+                for entry in live:
+                    try:
+                        await self._call(loop, [entry])
+                    except Exception as alone:
+                        logger.exception("Batched call failed")
+                        _settle(entry[1], alone)
+
+    async def _call(self, loop: asyncio.AbstractEventLoop, live: list) -> None:
+        started = time.perf_counter()
+        results = await loop.run_in_executor(self._executor, self.fn, [item for item, _, _ in live])
+        run_ms = (time.perf_counter() - started) * 1000
+        for (_, future, queued), result in zip(live, results, strict=True):
+            _settle(future, result, Batched(result, (started - queued) * 1000, run_ms, len(live)))
+
+
+def _settle(future: asyncio.Future, result: object, batched: Batched | None = None) -> None:
+    """Fail `future` if `result` is an exception, else give it `batched`."""
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(batched)

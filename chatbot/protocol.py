@@ -57,7 +57,8 @@ def parse_client_frame(raw: str) -> ClientFrame:
     """Turn one text frame into a typed request, or raise ProtocolError saying what is wrong."""
     try:
         data = json.loads(raw)
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):
+        # JSONDecodeError is a ValueError, and so is a number longer than Python converts.
         raise ProtocolError("invalid_json", "The frame is not valid JSON.") from None
     if not isinstance(data, dict):
         raise ProtocolError("invalid_frame", "A frame must be a JSON object with a 'type'.")
@@ -78,7 +79,11 @@ def parse_client_frame(raw: str) -> ClientFrame:
 
 def _parse_message(data: dict[str, Any]) -> CustomerText:
     client_id = data.get("id", "")
-    if not isinstance(client_id, str) or len(client_id) > MAX_CLIENT_ID_CHARS:
+    if (
+        not isinstance(client_id, str)
+        or len(client_id) > MAX_CLIENT_ID_CHARS
+        or not _encodable(client_id)
+    ):
         raise ProtocolError(
             "invalid_id", f"'id' must be a string of at most {MAX_CLIENT_ID_CHARS} characters."
         )
@@ -99,7 +104,23 @@ def _parse_message(data: dict[str, Any]) -> CustomerText:
         raise ProtocolError(
             "invalid_text", "The message contains a NUL character.", in_reply_to=client_id
         )
+    if not _encodable(text):
+        raise ProtocolError(
+            "invalid_text", "The message is not valid Unicode text.", in_reply_to=client_id
+        )
     return CustomerText(text=text, client_id=client_id)
+
+
+def _encodable(text: str) -> bool:
+    """False for a string holding half of a UTF-16 pair (JSON's "\\ud800"), which is no
+    character: neither the tokenizer nor the database can take it."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def message_frame(message: Message) -> dict[str, Any]:

@@ -56,3 +56,41 @@ async def test_a_failing_batch_fails_its_requests_and_the_next_batch_still_runs(
     result = await batcher.submit("ok")
 
     assert result.value == "OK"
+
+
+async def test_one_bad_request_fails_alone_and_the_others_in_its_batch_get_their_results() -> None:
+    calls: list[list[str]] = []
+
+    def fragile(items):
+        calls.append(list(items))
+        if "boom" in items:
+            raise ValueError("bad input")
+        return [item.upper() for item in items]
+
+    batcher = MicroBatcher(fragile, max_batch=8, max_wait_ms=20)
+
+    results = await asyncio.gather(
+        *(batcher.submit(item) for item in ("a", "boom", "c")), return_exceptions=True
+    )
+
+    assert results[0].value == "A" and results[2].value == "C"
+    assert isinstance(results[1], ValueError)
+    assert calls == [["a", "boom", "c"], ["a"], ["boom"], ["c"]]  # together, then each alone
+
+
+async def test_a_call_can_fail_one_item_by_returning_its_error_in_its_place() -> None:
+    calls: list[list[str]] = []
+
+    def store(items):
+        calls.append(list(items))
+        return [LookupError(item) if item == "gone" else item for item in items]
+
+    batcher = MicroBatcher(store, max_batch=8, max_wait_ms=20)
+
+    results = await asyncio.gather(
+        *(batcher.submit(item) for item in ("a", "gone")), return_exceptions=True
+    )
+
+    assert results[0].value == "a" and results[0].batch_size == 2
+    assert isinstance(results[1], LookupError)
+    assert calls == [["a", "gone"]]

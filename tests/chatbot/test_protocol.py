@@ -18,7 +18,11 @@ from chatbot.protocol import CustomerText, Ping, ProtocolError, Rating, parse_cl
         ('{"type": "message", "id": "a"}', "invalid_text"),
         ('{"type": "message", "text": 42, "id": "a"}', "invalid_text"),
         ('{"type": "message", "text": "hi\\u0000there", "id": "a"}', "invalid_text"),
+        ('{"type": "message", "text": "hi \\ud800 there", "id": "a"}', "invalid_text"),
+        ('{"type": "message", "text": "\\udfff", "id": "a"}', "invalid_text"),
+        ('{"type": "rate", "score": 1' + "0" * 5000 + "}", "invalid_json"),
         ('{"type": "message", "text": "hi", "id": 7}', "invalid_id"),
+        ('{"type": "message", "text": "hi", "id": "c\\ud800"}', "invalid_id"),
         (json.dumps({"type": "message", "text": "hi", "id": "x" * 65}), "invalid_id"),
         (json.dumps({"type": "message", "text": "y" * 2001, "id": "a"}), "text_too_long"),
         ('{"type": "rate", "score": 6}', "invalid_rating"),
@@ -52,3 +56,7 @@ def test_parse_client_frame_accepts_valid_frames() -> None:
     )
     assert parse_client_frame('{"type": "rate", "score": 5}') == Rating(5)
     assert parse_client_frame('{"type": "ping"}') == Ping()
+    # A whole UTF-16 pair is one character, and welcome.
+    assert parse_client_frame('{"type": "message", "text": "ok \\ud83d\\ude00"}') == (
+        CustomerText(text="ok \U0001f600", client_id="")
+    )
