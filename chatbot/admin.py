@@ -258,7 +258,16 @@ class ConversationAdmin(ExtraViews, DistinctSearchMixin, admin.ModelAdmin):
     )
     date_hierarchy = "started_at"
     search_fields = ("messages__text", "public_id", "session_key")
-    readonly_fields = ("public_id", "started_at", "last_activity_at", "session_key", "user_agent")
+    # The status changes only through what tells the customer (a hand-off, a staff reply, hand
+    # back, close): a form saved from a page opened before a hand-off must not undo it.
+    readonly_fields = (
+        "public_id",
+        "status",
+        "started_at",
+        "last_activity_at",
+        "session_key",
+        "user_agent",
+    )
     inlines = [MessageInline]
 
     actions = ["hand_back_to_bot", "close_conversations", export_csv]
@@ -290,18 +299,37 @@ class ConversationAdmin(ExtraViews, DistinctSearchMixin, admin.ModelAdmin):
 
     def hand_back_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         conversation = self._posted_conversation(request, object_id)
-        services.conversation_hand_back(conversation=conversation)
-        self.message_user(request, "The bot answers this conversation again.", messages.SUCCESS)
+        try:
+            services.conversation_hand_back(conversation=conversation)
+        except ValueError as error:
+            self.message_user(request, str(error), messages.WARNING)
+        else:
+            self.message_user(request, "The bot answers this conversation again.", messages.SUCCESS)
         return redirect("admin:chatbot_conversation_change", conversation.pk)
 
     @admin.action(description="Hand back to the bot")
     def hand_back_to_bot(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:
+        handed = 0
         for conversation in queryset.filter(status=Conversation.Status.NEEDS_HUMAN):
-            services.conversation_hand_back(conversation=conversation)
+            try:
+                services.conversation_hand_back(conversation=conversation)
+            except ValueError:  # handed back meanwhile
+                continue
+            handed += 1
+        self.message_user(
+            request,
+            f"{handed} of {len(queryset)} conversations handed back to the bot "
+            "(only those waiting for a person can be).",
+            messages.SUCCESS if handed else messages.WARNING,
+        )
 
     @admin.action(description="Close the conversations")
     def close_conversations(self, request: HttpRequest, queryset: QuerySet[Conversation]):
-        queryset.update(status=Conversation.Status.CLOSED)
+        closed = sum(
+            services.conversation_close(conversation=c) is not None
+            for c in queryset.exclude(status=Conversation.Status.CLOSED)
+        )
+        self.message_user(request, f"{closed} conversations closed.", messages.SUCCESS)
 
     @admin.display(description="Conversation", ordering="public_id")
     def short_id(self, obj: Conversation) -> str:
@@ -338,6 +366,14 @@ class MessageAdmin(admin.ModelAdmin):
     @admin.display(description="Text")
     def short_text(self, obj: Message) -> str:
         return obj.text if len(obj.text) <= 80 else obj.text[:79] + "…"
+
+    # A record of what was said and why: viewed, and deleted when it must be, never rewritten
+    # (the review queue records verdicts beside it; staff replies go through the conversation).
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
 
 
 class IntentExampleInline(admin.TabularInline):
@@ -442,8 +478,8 @@ class ReviewQueueAdmin(ExtraViews, admin.ModelAdmin):
     list_display = (
         "text",
         "predicted",
-        "confidence",
-        "decision",
+        "bot_confidence",
+        "bot_decision",
         "retriever",
         "review_priority",
         "review",
@@ -532,12 +568,14 @@ class ReviewQueueAdmin(ExtraViews, admin.ModelAdmin):
     def predicted(self, obj: ReviewItem) -> str:
         return obj.reply.intent.name if obj.reply.intent else "-"
 
+    # Not named "confidence" and "decision": the message's own (empty) fields of those names
+    # would win over these in the list.
     @admin.display(description="Confidence", ordering="reply__confidence")
-    def confidence(self, obj: ReviewItem) -> str:
+    def bot_confidence(self, obj: ReviewItem) -> str:
         return _percent(obj.reply.confidence)
 
     @admin.display(description="Decision", ordering="reply__decision")
-    def decision(self, obj: ReviewItem) -> str:
+    def bot_decision(self, obj: ReviewItem) -> str:
         return obj.reply.get_decision_display()
 
     @admin.display(description="Nearest example's intent")

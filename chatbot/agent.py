@@ -96,6 +96,8 @@ OUT_OF_SCOPE_TEXT = (
     "Sorry, that is outside what I can help with here. I can answer questions about the "
     "topics I know, or pass you to a person on our team."
 )
+# The quick reply an out-of-scope answer offers: choosing it asks for a person.
+TALK_TO_PERSON_LABEL = "Talk to a person"
 HANDOFF_TEXT = "I'm passing you to a person on our team; they will reply here shortly."
 # An intent learnt from reviews before anyone wrote its answer: a person answers it.
 NO_TEMPLATE_TEXT = (
@@ -164,18 +166,22 @@ class Agent:
                 template = templates[0]
                 reply_text, suggestions = template.text, template.suggestions
             if intent == self.handoff_intent:
-                decision = HANDOFF
+                # A person answers next: no quick reply would reach the bot.
+                decision, suggestions = HANDOFF, ()
         elif decision == CLARIFY:
             choices = self._choices(index, vector, [r.intent for r in ranked[:3]])
             reply_text, suggestions = CLARIFY_TEXT, tuple(label for _, label in choices)
         else:
-            handoff = self._choices(index, vector, [self.handoff_intent])
-            reply_text, suggestions = OUT_OF_SCOPE_TEXT, tuple(label for _, label in handoff)
+            # Offered only when the knowledge base can hand off (it has the intent).
+            can_hand_off = self._choices(index, vector, [self.handoff_intent])
+            choices = ((self.handoff_intent, TALK_TO_PERSON_LABEL),) if can_hand_off else ()
+            reply_text, suggestions = OUT_OF_SCOPE_TEXT, tuple(label for _, label in choices)
         return AgentReply(
             text=reply_text,
             decision=decision,
             intent=intent if decision in (ANSWER, HANDOFF) else ranked[0].intent,
-            confidence=ranked[0].score if not chosen_intent else 1.0,
+            # What the model made of this message, also when it is a clarifying choice.
+            confidence=ranked[0].score,
             alternatives=tuple(ranked),
             template_id=template.id if template else None,
             template_similarity=round(template.score, 4) if template else None,

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 
 from chatbot import protocol, selectors, services
 from chatbot.agent import Agent, AgentUnavailable
@@ -54,6 +55,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "conversation": str(self.conversation.public_id),
                 "status": self.conversation.status,
                 "messages": [protocol.message_frame(m) for m in history],
+                "max_chars": settings.CHATBOT_MAX_MESSAGE_CHARS,
             }
         )
 
@@ -94,12 +96,31 @@ class ChatConsumer(AsyncWebsocketConsumer):
             stored = await services.message_writer().submit(
                 services.Incoming(await self.started(), frame.text, frame.client_id)
             )
+        except Exception:
+            services.discard(analysis)
+            # Nothing was stored: the customer can send it again, on this connection.
+            logger.exception("Could not store a message of conversation %s", self.conversation.pk)
+            await self.send_error(
+                "not_stored",
+                frame.client_id,
+                "Your message could not be saved; please send it again.",
+            )
+            return
         except BaseException:
             services.discard(analysis)
             raise
         message, created, context = stored.value
         store_ms = (time.perf_counter() - received_at) * 1000
         await self.send_json({"type": "ack", "id": frame.client_id, "message": str(message.pk)})
+        if context is not None and context.status == Conversation.Status.CLOSED:
+            services.discard(analysis)
+            await self.send_error(
+                "conversation_closed",
+                frame.client_id,
+                "This conversation is closed; your message is saved. "
+                "Connect without its id to start a new one.",
+            )
+            return
         try:
             if created:
                 await services.bot_turn(
@@ -133,8 +154,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await db_async(services.conversation_start)(self.conversation)
         return self.conversation.pk
 
-    async def send_error(self, code: str, client_id: str) -> None:
-        detail = "The assistant is not available right now; your message is saved."
+    async def send_error(
+        self,
+        code: str,
+        client_id: str,
+        detail: str = "The assistant is not available right now; your message is saved.",
+    ) -> None:
         await self.send_json(protocol.ProtocolError(code, detail, in_reply_to=client_id).frame())
 
     async def send_json(self, content: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ from django.db import IntegrityError, close_old_connections, connection, transac
 from django.utils import timezone
 
 from chatbot import protocol, selectors
-from chatbot.agent import Agent, AgentReply, handoff_after_failures
+from chatbot.agent import TALK_TO_PERSON_LABEL, Agent, AgentReply, handoff_after_failures
 from chatbot.batching import MicroBatcher
 from chatbot.db import db_async
 from chatbot.models import AnswerTemplate, Conversation, Intent, Message
@@ -76,13 +76,17 @@ def customer_message_store(
                 client_message_id=client_id,
             )
     except IntegrityError:
-        if not client_id:
-            raise
-        original = Message.objects.get(
-            conversation_id=conversation_id,
-            role=Message.Role.CUSTOMER,
-            client_message_id=client_id,
+        original = (
+            Message.objects.filter(
+                conversation_id=conversation_id,
+                role=Message.Role.CUSTOMER,
+                client_message_id=client_id,
+            ).first()
+            if client_id
+            else None
         )
+        if original is None:  # not a repeat: the conversation is gone, say
+            raise
         return original, False
     Conversation.objects.filter(pk=conversation_id).update(last_activity_at=timezone.now())
     return message, True
@@ -105,19 +109,28 @@ class Received(NamedTuple):
     context: selectors.TurnContext | None
 
 
-def customer_messages_receive(incoming: Sequence[Incoming]) -> list[Received]:
+def customer_messages_receive(incoming: Sequence[Incoming]) -> list[Received | Exception]:
     """Store customer messages that arrived together and read what the bot needs to answer
     each new one: five statements for the whole batch, however large (`customer_messages_store`,
-    `selectors.turn_contexts`)."""
+    `selectors.turn_contexts`). A message that could not be stored has its error in its place."""
     stored = customer_messages_store(incoming)
-    contexts = selectors.turn_contexts(messages=[m for m, created in stored if created])
-    return [Received(m, created, contexts.get(m.pk)) for m, created in stored]
+    contexts = selectors.turn_contexts(
+        messages=[s[0] for s in stored if not isinstance(s, Exception) and s[1]]
+    )
+    return [
+        s if isinstance(s, Exception) else Received(s[0], s[1], contexts.get(s[0].pk))
+        for s in stored
+    ]
 
 
-def customer_messages_store(incoming: Sequence[Incoming]) -> list[tuple[Message, bool]]:
+def customer_messages_store(
+    incoming: Sequence[Incoming],
+) -> list[tuple[Message, bool] | Exception]:
     """`customer_message_store` for many messages: one insert for them all, then one update of
-    their conversations' activity times. If the insert fails (a repeated client id), nothing of
-    it was stored, and each message is stored on its own: the repeat gets its original back."""
+    their conversations' activity times. If the insert fails (a repeated client id, a
+    conversation deleted meanwhile), nothing of it was stored, and each message is stored on its
+    own: the repeat gets its original back, and a message that cannot be stored has its error in
+    its place, which costs the others nothing."""
     savepoint = transaction.atomic() if connection.in_atomic_block else nullcontext()
     try:
         with savepoint:
@@ -134,8 +147,11 @@ def customer_messages_store(incoming: Sequence[Incoming]) -> list[tuple[Message,
             )
     except IntegrityError:
         return [
-            customer_message_store(
-                conversation_id=m.conversation_id, text=m.text, client_id=m.client_id
+            _or_error(
+                customer_message_store,
+                conversation_id=m.conversation_id,
+                text=m.text,
+                client_id=m.client_id,
             )
             for m in incoming
         ]
@@ -215,15 +231,17 @@ class _NamedRows:
 _named_rows = _NamedRows()
 
 
-def bot_replies_store(turns: Sequence[BotTurn]) -> list[Message]:
+def bot_replies_store(turns: Sequence[BotTurn]) -> list[Message | Exception]:
     """Store the replies of many turns in one transaction (a handful of queries, one commit);
-    if any of them conflicts, each is stored on its own so the others are not lost."""
+    if any of them conflicts, each is stored on its own so the others are not lost (a reply that
+    cannot be stored has its error in its place)."""
     try:
         return bot_replies_create(turns)
     except IntegrityError:
         _named_rows.forget()
         return [
-            bot_reply_store(
+            _or_error(
+                bot_reply_store,
                 customer_message=t.customer_message,
                 reply=t.reply,
                 latency_ms=t.latency_ms,
@@ -231,6 +249,15 @@ def bot_replies_store(turns: Sequence[BotTurn]) -> list[Message]:
             )
             for t in turns
         ]
+
+
+def _or_error(fn: Callable[..., Out], **kwargs: object) -> Out | Exception:
+    """`fn(**kwargs)`, or the error it raised: one item of a batch that fails alone."""
+    try:
+        return fn(**kwargs)
+    except Exception as error:
+        logger.exception("Could not store one message of a batch")
+        return error
 
 
 @transaction.atomic
@@ -461,7 +488,10 @@ async def bot_turn(
         if analysis is not None:
             discard(analysis)
         return None
-    chosen = context.offered.get(customer_message.text.strip().lower(), "")
+    said = customer_message.text.strip().lower()
+    chosen = context.offered.get(said, "")
+    if not chosen and said == TALK_TO_PERSON_LABEL.lower():
+        chosen = agent.handoff_intent  # the quick reply an out-of-scope answer offers
     reply = await agent.respond(customer_message.text, chosen_intent=chosen, analysis=analysis)
     reply = replace(reply, timings={"store_ms": round(store_ms, 2), **reply.timings})
     if (
@@ -530,6 +560,10 @@ def staff_reply_send(*, conversation: Conversation, text: str) -> Message:
     text = text.strip()
     if not text:
         raise ValueError("The reply is empty.")
+    status = Conversation.objects.select_for_update().values_list("status", flat=True)
+    if status.get(pk=conversation.pk) == Conversation.Status.CLOSED:
+        # Its widget has moved on to a new conversation: the reply would reach no one.
+        raise ValueError("The conversation is closed; the customer would not see the reply.")
     message = Message.objects.create(conversation=conversation, role=Message.Role.AGENT, text=text)
     Conversation.objects.filter(pk=conversation.pk).update(
         status=Conversation.Status.NEEDS_HUMAN, last_activity_at=timezone.now()
@@ -545,10 +579,41 @@ HAND_BACK_TEXT = "You're chatting with our assistant again. Ask me anything."
 
 @transaction.atomic
 def conversation_hand_back(*, conversation: Conversation) -> Message:
-    """The support team gives the conversation back to the bot, and the customer is told."""
-    Conversation.objects.filter(pk=conversation.pk).update(status=Conversation.Status.BOT)
+    """The support team gives the conversation back to the bot, and the customer is told.
+
+    Only a conversation waiting for a person can be handed back (ValueError otherwise): a second
+    click, or a stale page, must not tell the customer twice or reopen a closed conversation.
+    """
+    handed = Conversation.objects.filter(
+        pk=conversation.pk, status=Conversation.Status.NEEDS_HUMAN
+    ).update(status=Conversation.Status.BOT)
+    if not handed:
+        raise ValueError("The conversation is not waiting for a person; nothing to hand back.")
     message = Message.objects.create(
         conversation=conversation, role=Message.Role.SYSTEM, text=HAND_BACK_TEXT
     )
     transaction.on_commit(lambda: _broadcast(conversation, message, status=Conversation.Status.BOT))
+    return message
+
+
+CLOSED_TEXT = "This conversation has been closed. Write again to start a new one."
+
+
+@transaction.atomic
+def conversation_close(*, conversation: Conversation) -> Message | None:
+    """Close a conversation, and tell an open widget, which starts a new one when the customer
+    writes again. None if it was closed already."""
+    closed = (
+        Conversation.objects.filter(pk=conversation.pk)
+        .exclude(status=Conversation.Status.CLOSED)
+        .update(status=Conversation.Status.CLOSED)
+    )
+    if not closed:
+        return None
+    message = Message.objects.create(
+        conversation=conversation, role=Message.Role.SYSTEM, text=CLOSED_TEXT
+    )
+    transaction.on_commit(
+        lambda: _broadcast(conversation, message, status=Conversation.Status.CLOSED)
+    )
     return message

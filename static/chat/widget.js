@@ -28,7 +28,7 @@
     conversation: "nwchat.conversation",
     pending: "nwchat.pending",
   };
-  const MAX_CHARS = 2000;
+  const MAX_CHARS = 2000; // until the server's history frame says its own limit
   const MAX_PENDING = 50;
   const MAX_QUICK_REPLIES = 8;
   const PING_MS = 25000;
@@ -668,7 +668,7 @@
   function queueAndSend(entry) {
     addPending(entry);
     // A closed conversation cannot take new messages: start a fresh one, which flushes the queue.
-    if (state.conversationStatus === "closed" && conn.ready && conn.withConversation) restartConnection();
+    if (state.conversationStatus === "closed" && conn.ready) restartConnection();
     else flushPending();
   }
 
@@ -699,6 +699,8 @@
 
   function onHistory(frame) {
     conn.ready = true;
+    // The server's limit on a message's length (CHATBOT_MAX_MESSAGE_CHARS).
+    if (Number.isInteger(frame.max_chars) && frame.max_chars > 0) ui.input.maxLength = frame.max_chars;
     conn.attempts = 0; // a connection counts as successful once the server has spoken
     const closed = frame.status === "closed";
     state.conversationStatus = closed || frame.status === "needs_human" ? frame.status : "bot";
@@ -765,8 +767,16 @@
   function onMessage(frame) {
     const id = frame.id === null || frame.id === undefined ? "" : String(frame.id);
     if (id && state.byServerId.has(id)) return;
-    // Staff messages say who answers now: the team ("needs_human") or the bot again ("bot").
-    if (frame.status === "bot" || frame.status === "needs_human") state.conversationStatus = frame.status;
+    // Staff messages say who answers now: the team ("needs_human") or the bot again ("bot"); or
+    // that the team closed the conversation ("closed"): the next message starts a new one.
+    if (frame.status === "bot" || frame.status === "needs_human" || frame.status === "closed") {
+      state.conversationStatus = frame.status;
+    }
+    if (frame.status === "closed") {
+      forgetConversation();
+      stopWaiting(null);
+      removeQuickReplies();
+    }
     // Our own message echoed (e.g. sent from another tab): treat it as an acknowledgement.
     if (frame.role === "customer" && frame.client_id && state.byClientId.has(String(frame.client_id))) {
       markDelivered(String(frame.client_id), id);
@@ -783,6 +793,15 @@
   }
 
   function onError(frame) {
+    if (frame.code === "conversation_closed") {
+      // The team closed it just before this message arrived (the message is kept there): the
+      // next message starts a new conversation.
+      state.conversationStatus = "closed";
+      forgetConversation();
+      stopWaiting(null);
+      addNote(TEXT.ended);
+      return;
+    }
     addNote(String(frame.detail || frame.code || TEXT.error));
     const clientId = frame.in_reply_to ? String(frame.in_reply_to) : "";
     if (!clientId) return;

@@ -183,3 +183,16 @@ def test_editing_a_template_in_admin_republishes_the_answer_index(
     assert index.version != knowledge_base
     assert index.templates.entries[template.pk].text == "We're here every day, 07:00 to 23:00."
     assert str(template.pk) in index.info["template_versions"]
+
+
+def test_a_stored_message_can_be_read_but_not_rewritten(admin_client: Client, conversation) -> None:
+    message = Message.objects.filter(conversation=conversation).first()
+    url = reverse("admin:chatbot_message_change", args=[message.pk])
+
+    page = admin_client.get(url)
+    posted = admin_client.post(url, {"role": "bot", "text": "something else"})
+
+    assert page.status_code == 200 and message.text in page.content.decode()
+    assert posted.status_code == 403
+    assert Message.objects.get(pk=message.pk).text == message.text
+    assert admin_client.get(reverse("admin:chatbot_message_add")).status_code == 403

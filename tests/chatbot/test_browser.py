@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -54,6 +55,32 @@ def open_widget(page: Page, server: LiveServer) -> None:
     page.get_by_test_id("chat-launcher").click()
     expect(page.get_by_test_id("chat-panel")).to_be_visible()
     expect(page.get_by_test_id("chat-status")).to_have_attribute("data-state", "online")
+
+
+def first_reply(page: Page, text: str) -> Message:
+    """Send the conversation's first message; its reply as stored, once the widget shows it."""
+    page.get_by_test_id("chat-input").fill(text)
+    page.get_by_test_id("chat-send").click()
+    expect(bubbles(page, "bot")).to_have_count(2, timeout=REPLY_TIMEOUT_MS)  # greeting + reply
+    return reply_row(bubbles(page, "bot").last.get_attribute("data-id"))
+
+
+@contextmanager
+def support_admin(browser: Browser, server: LiveServer) -> Iterator[Page]:
+    """A support admin logged in to Django admin, in a browser of their own."""
+    from django.contrib.auth import get_user_model
+
+    get_user_model().objects.create_superuser("support", "", "pass-for-tests-1")
+    context = browser.new_context()
+    admin = context.new_page()
+    try:
+        admin.goto(f"{server.url}/admin/login/")
+        admin.fill("#id_username", "support")
+        admin.fill("#id_password", "pass-for-tests-1")
+        admin.click("input[type=submit]")
+        yield admin
+    finally:
+        context.close()
 
 
 def bubbles(page: Page, role: str):
@@ -173,32 +200,53 @@ def test_a_customer_asks_for_a_person_and_sees_the_admins_reply_live(
     browser: Browser, page: Page, daphne_server: LiveServer
 ) -> None:
     # given: a customer who asks for a person
-    from django.contrib.auth import get_user_model
-
-    get_user_model().objects.create_superuser("support", "", "pass-for-tests-1")
     open_widget(page, daphne_server)
-    page.get_by_test_id("chat-input").fill("I want to talk to a real person")
-    page.get_by_test_id("chat-send").click()
-    expect(bubbles(page, "bot")).to_have_count(2, timeout=REPLY_TIMEOUT_MS)
-    conversation = reply_row(bubbles(page, "bot").last.get_attribute("data-id")).conversation
+    conversation = first_reply(page, "I want to talk to a real person").conversation
     assert conversation.status == "needs_human"
 
     # when: a support admin replies from Django admin, in another browser
-    admin_context = browser.new_context()
-    admin = admin_context.new_page()
-    try:
-        admin.goto(f"{daphne_server.url}/admin/login/")
-        admin.fill("#id_username", "support")
-        admin.fill("#id_password", "pass-for-tests-1")
-        admin.click("input[type=submit]")
+    with support_admin(browser, daphne_server) as admin:
         admin.goto(f"{daphne_server.url}/admin/chatbot/conversation/{conversation.pk}/change/")
         admin.fill("#id_staff_reply", "Hi, I'm Alex from the team. How can I help?")
         admin.click("input[value='Send reply']")
         expect(admin.locator(".messagelist")).to_contain_text("Reply sent")
-    finally:
-        admin_context.close()
 
     # then: the customer sees it without reloading
     expect(bubbles(page, "agent")).to_have_text(
         ["Hi, I'm Alex from the team. How can I help?"], timeout=REPLY_TIMEOUT_MS
     )
+
+
+def test_a_conversation_the_team_closes_ends_in_the_widget_and_the_next_message_starts_anew(
+    browser: Browser, page: Page, daphne_server: LiveServer
+) -> None:
+    # given: a customer who has chatted
+    from chatbot.services import CLOSED_TEXT
+
+    open_widget(page, daphne_server)
+    first = first_reply(page, "How long does standard delivery take?").conversation
+
+    # when: a support admin closes it from the list of conversations
+    with support_admin(browser, daphne_server) as admin:
+        admin.goto(f"{daphne_server.url}/admin/chatbot/conversation/")
+        admin.check(f"input[name=_selected_action][value='{first.pk}']")
+        admin.select_option("select[name=action]", "close_conversations")
+        admin.click("button[name=index]")
+        expect(admin.locator(".messagelist")).to_contain_text("1 conversations closed")
+
+    # then: the customer is told at once
+    expect(bubbles(page, "system")).to_have_text([CLOSED_TEXT], timeout=REPLY_TIMEOUT_MS)
+
+    # when: the customer writes again
+    page.get_by_test_id("chat-input").fill("What are your opening hours?")
+    page.get_by_test_id("chat-send").click()
+
+    # then: a new conversation (the widget shows it alone), answered by the bot
+    expect(bubbles(page, "customer")).to_have_text(
+        ["What are your opening hours?"], timeout=REPLY_TIMEOUT_MS
+    )
+    expect(bubbles(page, "bot")).to_have_count(2, timeout=REPLY_TIMEOUT_MS)
+    reply = reply_row(bubbles(page, "bot").last.get_attribute("data-id"))
+    assert reply.conversation_id != first.pk and reply.intent.name == "opening_hours"
+    first.refresh_from_db()
+    assert first.status == "closed"

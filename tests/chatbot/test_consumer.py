@@ -140,6 +140,8 @@ BAD_FRAMES = [
     (json.dumps({"type": "message", "text": "   ", "id": "e1"}), "empty_text"),
     (json.dumps({"type": "message", "text": "a" * 2001, "id": "e2"}), "text_too_long"),
     (json.dumps(["message"]), "invalid_frame"),
+    ('{"type": "message", "text": "hi \\ud800 there", "id": "e3"}', "invalid_text"),
+    ('{"type": "rate", "score": 1' + "0" * 5000 + "}", "invalid_json"),
 ]
 
 
@@ -249,6 +251,56 @@ async def test_a_closed_conversation_is_not_resumed() -> None:
 
     assert resumed["conversation"] != history["conversation"]
     await second.disconnect()
+
+
+async def test_closing_tells_the_open_widget_and_a_late_message_is_kept_but_not_answered(
+    settings,
+) -> None:
+    # given
+    communicator, history = await open_chat()
+    await send_message(communicator, "hello there", "cl-1")
+    conversation = await Conversation.objects.aget(public_id=history["conversation"])
+
+    # when: the team closes it
+    await database_sync_to_async(services.conversation_close)(conversation=conversation)
+
+    # then: the widget hears it at once
+    note = await communicator.receive_json_from(timeout=10)
+    assert (note["type"], note["role"], note["status"]) == ("message", "system", "closed")
+    assert note["text"] == services.CLOSED_TEXT
+    # and a message that still reaches it is kept, with an error instead of a silence
+    await communicator.send_json_to({"type": "message", "text": "one more thing", "id": "cl-2"})
+    assert (await communicator.receive_json_from(timeout=10))["type"] == "ack"
+    error = await communicator.receive_json_from(timeout=10)
+    assert (error["type"], error["code"], error["in_reply_to"]) == (
+        "error",
+        "conversation_closed",
+        "cl-2",
+    )
+    texts = [(m.role, m.text) for m in await stored(history["conversation"])]
+    assert texts[-2:] == [("system", services.CLOSED_TEXT), ("customer", "one more thing")]
+    assert (
+        await database_sync_to_async(services.conversation_close)(conversation=conversation) is None
+    )
+    await communicator.disconnect()
+
+
+async def test_a_message_that_cannot_be_stored_gets_an_error_and_the_chat_goes_on(settings) -> None:
+    # given: an open chat whose conversation an admin deleted
+    communicator, history = await open_chat()
+    assert history["max_chars"] == settings.CHATBOT_MAX_MESSAGE_CHARS
+    await send_message(communicator, "hello there", "d-1")
+    await Conversation.objects.filter(public_id=history["conversation"]).adelete()
+
+    # when
+    await communicator.send_json_to({"type": "message", "text": "still there?", "id": "d-2"})
+
+    # then: no ack (nothing is stored), an error the widget can offer a retry for, no drop
+    error = await communicator.receive_json_from(timeout=30)
+    assert (error["type"], error["code"], error["in_reply_to"]) == ("error", "not_stored", "d-2")
+    await communicator.send_json_to({"type": "ping"})
+    assert await communicator.receive_json_from(timeout=10) == {"type": "pong"}
+    await communicator.disconnect()
 
 
 async def test_a_page_from_another_site_cannot_open_the_chat(settings) -> None:

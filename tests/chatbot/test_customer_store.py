@@ -146,3 +146,27 @@ def test_a_repeat_in_a_batch_gets_its_original_and_loses_nothing_else() -> None:
     assert received[0].context == turn_context(message=received[0].message)
     texts = Message.objects.filter(conversation=conversation).values_list("text", flat=True)
     assert sorted(texts) == ["hello", "thanks", "where is my card?"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_message_to_a_deleted_conversation_fails_alone_in_its_batch() -> None:
+    # given: an admin deleted one conversation while its widget was still open
+    kept, deleted = Conversation.objects.create(), Conversation.objects.create()
+    gone = deleted.pk
+    deleted.delete()
+
+    # when
+    received = customer_messages_receive(
+        [
+            Incoming(kept.pk, "hello", "c-1"),
+            Incoming(gone, "anyone there?", "c-2"),
+            Incoming(kept.pk, "thanks", "c-3"),
+        ]
+    )
+
+    # then: its error in its place; the others stored, new, and with their turn's context
+    assert isinstance(received[1], Exception)
+    assert [received[0].created, received[2].created] == [True, True]
+    assert received[2].context == turn_context(message=received[2].message)
+    texts = Message.objects.values_list("text", flat=True)
+    assert sorted(texts) == ["hello", "thanks"]

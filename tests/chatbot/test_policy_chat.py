@@ -10,6 +10,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 
+from chatbot.agent import TALK_TO_PERSON_LABEL
 from chatbot.learning import model_promote
 from chatbot.models import Conversation, Message, ModelVersion
 from chatbot.runtime import get_runtime
@@ -62,6 +63,9 @@ async def test_an_unsure_bot_asks_to_clarify_and_a_choice_gets_that_answer(live_
     # then
     assert answer["decision"] == "answer"
     assert answer["intent"] == offered[label]
+    # stored with what the model made of the choice, not a made-up certainty
+    chosen = await Message.objects.aget(pk=answer["id"])
+    assert chosen.confidence == chosen.top_k[0]["score"] == answer["confidence"]
     await communicator.disconnect()
 
 
@@ -77,8 +81,25 @@ async def test_out_of_scope_then_repeated_failures_hand_off_to_a_person(live_pol
 
     # then
     assert (first["decision"], second["decision"]) == ("out_of_scope", "out_of_scope")
-    assert first["handoff"] is False and first["suggestions"]
+    assert first["handoff"] is False and first["suggestions"] == [TALK_TO_PERSON_LABEL]
     assert third["decision"] == "handoff" and third["handoff"] is True
+    conversation = await Conversation.objects.aget(public_id=history["conversation"])
+    assert conversation.status == Conversation.Status.NEEDS_HUMAN
+    await communicator.disconnect()
+
+
+async def test_the_quick_reply_of_an_out_of_scope_answer_hands_off(live_policy) -> None:
+    # given: a policy that declines everything, and a customer it declined
+    await database_sync_to_async(live_policy)(answer=1.01, oos_threshold=1e9)
+    communicator, history = await open_chat()
+    declined = await send_message(communicator, "what is the capital of peru", "q-1")
+
+    # when: the customer takes the quick reply offered
+    handoff = await send_message(communicator, declined["suggestions"][0], "q-2")
+
+    # then: a person is asked for, and nothing is offered that the bot would have to answer
+    assert (handoff["decision"], handoff["intent"]) == ("handoff", "talk_to_human")
+    assert handoff["handoff"] is True and handoff["suggestions"] == []
     conversation = await Conversation.objects.aget(public_id=history["conversation"])
     assert conversation.status == Conversation.Status.NEEDS_HUMAN
     await communicator.disconnect()
@@ -92,6 +113,7 @@ async def test_a_handed_off_chat_gets_no_bot_answers_and_staff_replies_arrive_li
     communicator, history = await open_chat()
     handoff = await send_message(communicator, "I want to talk to a real person", "h-1")
     assert handoff["decision"] == "handoff" and handoff["intent"] == "talk_to_human"
+    assert handoff["suggestions"] == []
     conversation = await Conversation.objects.aget(public_id=history["conversation"])
     assert conversation.status == Conversation.Status.NEEDS_HUMAN
 
@@ -141,3 +163,39 @@ def test_handed_off_conversations_come_first_in_admin(admin_client, knowledge_ba
     page = admin_client.get("/admin/chatbot/conversation/")
 
     assert next(iter(page.context["cl"].result_list)).pk == waiting.pk
+
+
+def test_only_what_tells_the_customer_changes_who_answers(admin_client, knowledge_base) -> None:
+    # given: a conversation waiting for a person
+    conversation = Conversation.objects.create(status=Conversation.Status.NEEDS_HUMAN)
+    page = f"/admin/chatbot/conversation/{conversation.pk}"
+
+    # then: the change form cannot set the status (a page opened before a hand-off, saved
+    # after it, would undo it)
+    form = admin_client.get(f"{page}/change/").context["adminform"].form
+    assert "status" not in form.fields
+
+    # when: handed back twice (a double click, a stale page)
+    admin_client.post(f"{page}/hand-back/")
+    second = admin_client.post(f"{page}/hand-back/", follow=True).content.decode()
+
+    # then: the customer is told once
+    notes = Message.objects.filter(conversation=conversation, role="system")
+    assert notes.count() == 1
+    assert "not waiting for a person" in second
+
+    # when: closed from the list, then replied to
+    admin_client.post(
+        "/admin/chatbot/conversation/",
+        {"action": "close_conversations", "_selected_action": [conversation.pk]},
+    )
+    refused = admin_client.post(
+        f"{page}/reply/", {"staff_reply": "Anything else?"}, follow=True
+    ).content.decode()
+
+    # then: closed with a note to the widget, and the reply refused, not sent to no one
+    conversation.refresh_from_db()
+    assert conversation.status == Conversation.Status.CLOSED
+    assert notes.count() == 2 and notes.last().text.startswith("This conversation has been closed")
+    assert "The conversation is closed" in refused
+    assert not Message.objects.filter(conversation=conversation, role="agent").exists()

@@ -96,6 +96,21 @@ def test_the_queue_lists_the_most_useful_messages_first_and_opens_on_what_is_lef
     assert response.redirect_chain[0][0].endswith("?review=todo")
 
 
+def test_each_row_shows_the_bots_confidence_and_decision_and_sorts_by_them(
+    admin_client: Client, queue: list[Message]
+) -> None:
+    # when: sorted by the Confidence column (the third), lowest first
+    response = admin_client.get(reverse(QUEUE), {"review": "todo", "o": "3"})
+
+    # then
+    page = response.content.decode()
+    assert '<td class="field-bot_confidence">41.0%</td>' in page
+    assert '<td class="field-bot_decision">Asked to clarify</td>' in page
+    assert '<td class="field-bot_confidence">90.0%</td>' in page
+    shown = [m.text for m in response.context["cl"].result_list]
+    assert shown == ["when do you close on sunday", "i want my money back", "my card is gone"]
+
+
 def test_confirming_makes_the_message_a_reviewed_example_of_the_predicted_intent(
     admin_client: Client, queue: list[Message], intents
 ) -> None:
