@@ -122,19 +122,25 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
             return
         try:
-            if created:
-                await services.bot_turn(
-                    customer_message=message,
-                    received_at=received_at,
-                    agent=self.agent,
-                    deliver=self.send_json,
-                    context=context,
-                    store_ms=store_ms,
-                    analysis=analysis,
-                )
-                return
-            services.discard(analysis)
-            reply = await services.reply_wait(customer_message=message)
+            if not created:
+                # A repeat: its reply, once the first try has stored it.
+                reply = await services.reply_wait(customer_message=message)
+                if reply is not None:
+                    services.discard(analysis)
+                    await self.send_json(protocol.reply_frame(reply, in_reply_to=frame.client_id))
+                    return
+                # None is coming: the first try failed (internal_error, say), and this is the
+                # customer trying again; answered now, unless a person has the conversation.
+                context = None
+            await services.bot_turn(
+                customer_message=message,
+                received_at=received_at,
+                agent=self.agent,
+                deliver=self.send_json,
+                context=context,
+                store_ms=store_ms,
+                analysis=analysis,
+            )
         except AgentUnavailable as error:
             logger.error("Cannot answer: %s", error)
             await self.send_error("agent_unavailable", frame.client_id)
@@ -144,9 +150,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
             # connection stays open for the next message.
             logger.exception("Failed to answer message %s", message.pk)
             await self.send_error("internal_error", frame.client_id)
-            return
-        if reply is not None:
-            await self.send_json(protocol.reply_frame(reply, in_reply_to=frame.client_id))
 
     async def started(self) -> int:
         """The conversation's primary key, storing it first if this is its first message."""

@@ -526,9 +526,14 @@ def discard(future: asyncio.Future) -> None:
     future.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
-async def reply_wait(*, customer_message: Message, timeout_s: float = DUPLICATE_REPLY_WAIT_S):
-    """The reply to a message that was already received, waiting while it is being produced."""
-    deadline = time.monotonic() + timeout_s
+async def reply_wait(*, customer_message: Message, timeout_s: float | None = None):
+    """The reply to a message that was already received, waiting while it may still be being
+    produced: until `timeout_s` (DUPLICATE_REPLY_WAIT_S) after the message was stored. None when
+    no reply is coming (a person has the conversation, or the first try failed)."""
+    if timeout_s is None:
+        timeout_s = DUPLICATE_REPLY_WAIT_S
+    age_s = (timezone.now() - customer_message.created_at).total_seconds()
+    deadline = time.monotonic() + timeout_s - max(0.0, age_s)
     while True:
         reply = await db_async(selectors.reply_to)(message_id=customer_message.pk)
         if reply is not None or time.monotonic() > deadline:

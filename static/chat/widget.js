@@ -57,6 +57,7 @@
     error: "Something went wrong. Please try again.",
     sending: "Sending…",
     failed: "Not sent.",
+    unanswered: "Not answered.",
     retry: "Retry",
     state: {
       connecting: "Connecting…",
@@ -517,11 +518,11 @@
     const meta = record.meta;
     meta.textContent = "";
     meta.className = "meta meta--" + status;
-    if (status === "failed") {
+    if (status === "failed" || status === "unanswered") {
       meta.removeAttribute("aria-hidden");
       const retry = el("button", { type: "button", class: "retry", text: TEXT.retry });
       retry.addEventListener("click", () => retryMessage(record));
-      meta.appendChild(document.createTextNode(TEXT.failed + " "));
+      meta.appendChild(document.createTextNode(TEXT[status] + " "));
       meta.appendChild(retry);
     } else {
       // "Sending…" and the check mark are visual only; announcing them would be noise.
@@ -807,7 +808,14 @@
     if (!clientId) return;
     stopWaiting(clientId);
     const record = state.byClientId.get(clientId);
-    if (!record || record.status === "delivered") return;
+    if (!record) return;
+    if (record.status === "delivered") {
+      // Stored, but the bot could not answer it: sending it again (same id) asks again.
+      if (frame.code === "internal_error" || frame.code === "agent_unavailable") {
+        setDelivery(record, "unanswered");
+      }
+      return;
+    }
     // The server has answered for this message, so it is no longer pending: keep it as failed
     // (with a Retry button) instead of resending it on every reconnect.
     removePending([clientId]);

@@ -250,3 +250,34 @@ def test_a_conversation_the_team_closes_ends_in_the_widget_and_the_next_message_
     assert reply.conversation_id != first.pk and reply.intent.name == "opening_hours"
     first.refresh_from_db()
     assert first.status == "closed"
+
+
+def test_a_message_the_bot_could_not_answer_is_answered_when_retried(
+    page: Page, daphne_server: LiveServer
+) -> None:
+    from chatbot.runtime import get_runtime
+
+    # given: the server has no answer index for a while (the operator republishes it)
+    indexes = get_runtime().indexes
+    live = indexes.live()
+    open_widget(page, daphne_server)
+    indexes.clear_live()
+    try:
+        # when
+        page.get_by_test_id("chat-input").fill("How long does standard delivery take?")
+        page.get_by_test_id("chat-send").click()
+
+        # then: stored, but marked as not answered, with a way to ask again
+        unanswered = page.locator('[data-testid="chat-message"][data-status="unanswered"]')
+        expect(unanswered).to_have_count(1, timeout=REPLY_TIMEOUT_MS)
+    finally:
+        indexes.set_live(live)
+
+    # when: the customer retries once the index is back
+    page.get_by_role("button", name="Retry").click()
+
+    # then: the same stored message is answered
+    expect(bubbles(page, "bot")).to_have_count(2, timeout=REPLY_TIMEOUT_MS)
+    reply = reply_row(bubbles(page, "bot").last.get_attribute("data-id"))
+    assert reply.in_reply_to.text == "How long does standard delivery take?"
+    assert Message.objects.filter(role="customer").count() == 1

@@ -423,4 +423,17 @@ async def test_an_unexpected_failure_is_reported_and_the_chat_goes_on(monkeypatc
     assert reply["intent"] == "thanks"
     texts = [(m.role, m.text) for m in await stored(history["conversation"])]
     assert texts[:2] == [("customer", "hello"), ("customer", "thanks a lot")]
+
+    # when: the customer sends the unanswered message again (the widget's Retry: the same id),
+    # once no first try can still be answering it
+    monkeypatch.setattr(services, "DUPLICATE_REPLY_WAIT_S", 0.5)
+    retried = await send_message(communicator, "hello", "f-1")
+
+    # then: answered now, and still stored once
+    assert retried["in_reply_to"] == "f-1" and retried["intent"] == "greeting"
+    messages = await stored(history["conversation"])
+    customers = {m.pk: m.text for m in messages if m.role == "customer"}
+    assert list(customers.values()) == ["hello", "thanks a lot"]
+    answered = [customers[m.in_reply_to_id] for m in messages if m.role == "bot"]
+    assert answered == ["thanks a lot", "hello"]
     await communicator.disconnect()
