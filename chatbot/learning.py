@@ -65,7 +65,8 @@ def review_apply(
 
     confirmed: the bot's intent was right; relabelled: `intent` (or a `new_intent` created on the
     spot) is; both make the message a training example linked to it. out_of_scope and skipped
-    record the verdict only. Reviewing again replaces the earlier verdict and its example.
+    record the verdict only. Reviewing again replaces the earlier verdict and the example it
+    added (never one the knowledge base had already).
     """
     if verdict not in Message.Review.values:
         raise ReviewError(f"Unknown review verdict {verdict!r}.")
@@ -86,7 +87,7 @@ def review_apply(
         elif verdict != Message.Review.RELABELLED:
             label = None
         with transaction.atomic():
-            IntentExample.objects.filter(message=message).delete()
+            _examples_release(message)
             if label is not None:
                 example, created = IntentExample.objects.get_or_create(
                     intent=label,
@@ -107,6 +108,28 @@ def review_apply(
 
         answer_index_rebuild_schedule()  # the retriever knows the new phrasings at once
     return reviewed
+
+
+def _examples_release(message: Message) -> None:
+    """Undo what an earlier verdict on `message` added to the examples. An example that a
+    review created goes, unless another reviewed message says the same (it then points to that
+    one); one the knowledge base had already (curated, imported) only forgets the message."""
+    for example in IntentExample.objects.filter(message=message):
+        same = (
+            Message.objects.filter(
+                role=Message.Role.CUSTOMER,
+                text=example.text,
+                reviewed_intent=example.intent,
+                review__in=(Message.Review.CONFIRMED, Message.Review.RELABELLED),
+            )
+            .exclude(pk=message.pk)
+            .first()
+        )
+        if example.source == IntentExample.Source.REVIEWED and same is None:
+            example.delete()
+        else:
+            example.message = same
+            example.save(update_fields=["message"])
 
 
 # --- Datasets -------------------------------------------------------------------------------

@@ -145,6 +145,35 @@ def test_relabelling_replaces_an_earlier_verdict_and_its_example(
     assert examples[0].message == queue[1]
 
 
+def test_reviewing_again_never_removes_an_example_the_knowledge_base_had(
+    admin_client: Client, queue: list[Message], intents
+) -> None:
+    # given: a customer wrote a curated phrasing word for word, and two wrote the same new one
+    curated = IntentExample.objects.create(intent=intents["card_lost"], text="my card is gone")
+    conversation = queue[0].conversation
+    twice = [
+        turn(conversation, "lost it at the bar", intent=intents["card_lost"], confidence=0.7)
+        for _ in range(2)
+    ]
+    act(admin_client, "confirm", [queue[0], *twice])
+
+    # when: each verdict is taken back
+    act(admin_client, "skip", [queue[0], twice[0]])
+
+    # then: the curated example stays; the reviewed one stays while a review still says it
+    curated.refresh_from_db()
+    assert curated.message is None and curated.source == "curated"
+    reviewed = IntentExample.objects.get(text="lost it at the bar")
+    assert reviewed.message == twice[1]
+
+    # when: the last one too
+    act(admin_client, "skip", [twice[1]])
+
+    # then
+    assert not IntentExample.objects.filter(text="lost it at the bar").exists()
+    assert IntentExample.objects.filter(pk=curated.pk).exists()
+
+
 def test_relabelling_to_a_new_intent_creates_it_on_the_spot(
     admin_client: Client, queue: list[Message]
 ) -> None:
