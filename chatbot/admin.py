@@ -555,6 +555,18 @@ class ReviewQueueAdmin(ExtraViews, admin.ModelAdmin):
                 "the conversations the bot recognises as it.",
                 messages.WARNING,
             )
+        target = data.get("intent") or (
+            Intent.objects.filter(name=learning.intent_name(data["new_intent"])).first()
+            if data.get("new_intent")
+            else None
+        )
+        if target is not None and (n := target.examples.count()) < learning.MIN_EXAMPLES_TO_TRAIN:
+            self.message_user(
+                request,
+                f"Intent {target.name} has {n} example(s): training leaves it out until it has "
+                f"{learning.MIN_EXAMPLES_TO_TRAIN}.",
+                messages.WARNING,
+            )
 
     @admin.action(description="Mark out of scope")
     def mark_out_of_scope(self, request: HttpRequest, queryset) -> None:

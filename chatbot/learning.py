@@ -13,7 +13,7 @@ import hashlib
 import logging
 import time
 import traceback
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -141,6 +141,27 @@ def training_examples() -> list[Example]:
     return [Example(text, label) for text, label in rows.order_by("pk")]
 
 
+# An intent is trained once it has this many examples: one to validate on, two to learn from.
+MIN_EXAMPLES_TO_TRAIN = 3
+
+
+def trainable(examples: Sequence[Example]) -> tuple[list[Example], dict[str, int]]:
+    """The examples of the intents with enough of them to train on, and the others' counts:
+    an intent relabelled into being from one or two messages waits for more, instead of failing
+    every run until it has them."""
+    counts = Counter(example.label for example in examples)
+    thin = {label: n for label, n in sorted(counts.items()) if n < MIN_EXAMPLES_TO_TRAIN}
+    return [e for e in examples if e.label not in thin], thin
+
+
+def left_out_note(thin: dict[str, int]) -> str:
+    """What a run says about the intents `trainable` left out ("" if none)."""
+    if not thin:
+        return ""
+    names = ", ".join(f"{label} ({n})" for label, n in thin.items())
+    return f"Left out until they have {MIN_EXAMPLES_TO_TRAIN} examples: {names}."
+
+
 def out_of_scope_texts() -> list[str]:
     """Customer messages reviewed as outside every intent."""
     rows = Message.objects.filter(role=Message.Role.CUSTOMER, review=Message.Review.OUT_OF_SCOPE)
@@ -257,7 +278,12 @@ def model_train(
     """Train on the database's examples (fixed validation split, unless `split` is given) and
     register the version."""
     config.base_model = config.base_model or settings.CHATBOT_BASE_MODEL
-    train_set, val_set = split or validation_split(training_examples())
+    if split is None:
+        examples, thin = trainable(training_examples())
+        if thin:
+            logger.warning(left_out_note(thin))
+        split = validation_split(examples)
+    train_set, val_set = split
     store = get_runtime().models
     metrics: dict = {}
     out_of_scope = out_of_scope_texts()
@@ -393,7 +419,7 @@ def training_run_execute(
 
 def _train_and_judge(run: TrainingRun) -> TrainingRun:
     live = ModelVersion.objects.filter(is_live=True).first()
-    examples = training_examples()
+    examples, thin = trainable(training_examples())
     since = live.created_at if live else None
     new_examples = (
         IntentExample.objects.filter(intent__active=True, created_at__gt=since).count()
@@ -447,6 +473,7 @@ def _train_and_judge(run: TrainingRun) -> TrainingRun:
         "live_version": live.pk if live else None,
         "train_seconds": candidate.metrics.get("train_seconds"),
         "n_train": len(train_set),
+        "left_out": thin,
     }
     per_intent = {
         name: {
@@ -461,7 +488,7 @@ def _train_and_judge(run: TrainingRun) -> TrainingRun:
         TrainingRun.Status.PROMOTED if promote else TrainingRun.Status.KEPT,
         metrics=summary,
         per_intent=per_intent,
-        reason=reason,
+        reason=" ".join(filter(None, (reason, left_out_note(thin)))),
         stage="done",
     )
 

@@ -184,6 +184,7 @@ def test_relabelling_to_a_new_intent_creates_it_on_the_spot(
     intent = Intent.objects.get(name="refund_status")
     assert list(intent.examples.values_list("text", flat=True)) == ["i want my money back"]
     assert "has no answer yet" in page
+    assert "refund_status has 1 example(s): training leaves it out until it has 3" in page
 
 
 def test_out_of_scope_and_skip_record_the_verdict_without_an_example(

@@ -18,7 +18,7 @@ from chatbot.learning import (
     training_run_execute,
     validation_split,
 )
-from chatbot.models import IntentExample, ModelVersion, TrainingRun
+from chatbot.models import Intent, IntentExample, ModelVersion, TrainingRun
 from chatbot.runtime import get_runtime
 from training.data import Example
 
@@ -90,14 +90,21 @@ def test_promotion_needs_macro_f1_within_half_a_point_and_no_intent_collapsing(
 def test_a_candidate_trained_on_shuffled_labels_is_kept_but_not_promoted(
     knowledge_base: str, models_store, settings
 ) -> None:
-    # given: a first run, which becomes live
+    # given: a first run, which becomes live, while an intent an admin relabelled two messages
+    # into has too few examples to train on
     settings.CHATBOT_RETRAIN_EPOCHS = 1
+    thin = Intent.objects.create(name="loyalty_points")
+    for text in ("how many points do i have", "redeem my loyalty points"):
+        IntentExample.objects.create(intent=thin, text=text, source="reviewed")
     first = training_run_execute(trigger=TrainingRun.Trigger.MANUAL)
     assert first.status == TrainingRun.Status.PROMOTED, first.error
     live = ModelVersion.objects.get(is_live=True)
     assert first.model_version == live
     assert first.metrics["live"] is None
-    assert (first.progress, first.dataset_size) == (100.0, IntentExample.objects.count())
+    assert "Left out until they have 3 examples: loyalty_points (2)." in first.reason
+    assert first.metrics["left_out"] == {"loyalty_points": 2}
+    assert (first.progress, first.dataset_size) == (100.0, IntentExample.objects.count() - 2)
+    thin.delete()
 
     # given: the training part of the data relabelled at random (validation stays true)
     train, _ = validation_split(training_examples())
