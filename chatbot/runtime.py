@@ -131,6 +131,8 @@ class Runtime:
             if live is None or self._classifier is None:
                 self._classifier = self._load_classifier(live) if live else None
                 self._classifier_version = live
+                if live and self._classifier is None:
+                    self._unloadable = live
             else:
                 self._loading = live
                 threading.Thread(
@@ -274,8 +276,28 @@ class Runtime:
     def ready(self) -> bool:
         """Whether the warm-up pass has run: the live model and index are loaded, the index is
         embedded in the model's space, and a customer's message waits for none of it."""
+        return self.readiness()[0] == "ready"
+
+    def readiness(self) -> tuple[str, str]:
+        """("ready" | "warming_up" | "failed" | "model_unloadable", why): what `/readyz` says.
+
+        A warm-up pass that failed (no index yet, a base model that cannot load) is queued
+        again at the next ask, so a process recovers once what it lacked is there. A live
+        model version this process cannot load leaves it answering from nearest examples:
+        serving, but not ready, so that the operator's health checks see it.
+        """
         warm_up_pass = self._warm_up_pass
-        return warm_up_pass is not None and warm_up_pass.done()
+        if warm_up_pass is None or not warm_up_pass.done():
+            return "warming_up", ""
+        if (error := warm_up_pass.exception()) is not None:
+            self._warm_up_pass = self.batcher.run_on_worker(self.analyse_batch, ["hello"])
+            return "failed", f"{type(error).__name__}: {error}"
+        live = self.models.live()
+        with self._lock:
+            unloadable = live is not None and live == self._unloadable
+        if unloadable:
+            return "model_unloadable", f"The live model {live} cannot load; see the log."
+        return "ready", ""
 
     def serving(self) -> dict[str, str]:
         """The intent model version this process answers with and the precision it chose for

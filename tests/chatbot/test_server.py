@@ -97,6 +97,84 @@ def test_a_process_still_warming_up_is_not_ready(client, monkeypatch, caplog) ->
     assert not [r for r in caplog.records if r.name == "django.request"]
 
 
+def ask_until_settled(runtime, timeout_s: float = 60) -> tuple[str, str]:
+    """The runtime's readiness once its warm-up pass has run."""
+    deadline = time.monotonic() + timeout_s
+    while (state := runtime.readiness())[0] == "warming_up" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return state
+
+
+def test_a_process_whose_warm_up_failed_is_not_ready_and_tries_again(client, monkeypatch) -> None:
+    # given: a process whose forward passes fail for now (fault injection)
+    cold = get_runtime.__wrapped__()
+    real = cold.analyse_batch
+    broken = {"now": True}
+
+    def failing_for_now(texts):
+        if broken["now"]:
+            raise OSError("base model not found")
+        return real(texts)
+
+    monkeypatch.setattr(cold, "analyse_batch", failing_for_now)
+    monkeypatch.setattr("chatbot.views.get_runtime", lambda: cold)
+    cold.warm_up()
+
+    # when
+    assert ask_until_settled(cold) == ("failed", "OSError: base model not found")
+    response = client.get("/readyz")
+
+    # then: not ready, saying why
+    assert response.status_code == 503
+    assert response.json()["model"] in ("failed", "warming_up")
+
+    # when: what it lacked is there
+    broken["now"] = False
+
+    # then: a pass queued again recovers it
+    deadline = time.monotonic() + 60
+    while ask_until_settled(cold)[0] != "ready" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.get("/readyz").status_code == 200
+
+
+def test_a_process_that_cannot_load_the_live_model_is_serving_but_not_ready(
+    client, monkeypatch
+) -> None:
+    # given: a live model version whose files are broken
+    cold = get_runtime.__wrapped__()
+    monkeypatch.setattr("chatbot.views.get_runtime", lambda: cold)
+    version = cold.models.write(lambda d: (d / "model.json").write_text("{not json"))
+    cold.models.set_live(version)
+    try:
+        # when
+        cold.warm_up()
+        state = ask_until_settled(cold)
+        response = client.get("/readyz")
+    finally:
+        cold.models.clear_live()
+
+    # then
+    assert state[0] == "model_unloadable" and version in state[1]
+    assert response.status_code == 503 and response.json()["model"] == "model_unloadable"
+
+
+def test_health_says_when_redis_does_not_answer(client, settings) -> None:
+    # given: the Redis of this machine, then a port where none listens
+    settings.REDIS_URL = "redis://127.0.0.1:6379/0"
+    reachable = client.get("/healthz")
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+
+    # when
+    unreachable = client.get("/healthz")
+
+    # then
+    assert reachable.status_code == 200 and reachable.json()["channel_layer"] == "ok"
+    assert unreachable.status_code == 503
+    assert unreachable.json()["channel_layer"].startswith("unreachable")
+    assert client.get("/readyz").status_code == 503
+
+
 def test_a_readiness_probe_without_an_answer_index_is_still_logged_as_an_error(
     client, monkeypatch, caplog
 ) -> None:
