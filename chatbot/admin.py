@@ -695,7 +695,11 @@ def make_live(modeladmin, request: HttpRequest, queryset: QuerySet[ModelVersion]
         modeladmin.message_user(request, "Select exactly one version.", messages.ERROR)
         return
     version = queryset.get()
-    learning.model_promote(model_version=version)
+    try:
+        learning.model_promote(model_version=version)
+    except learning.ReviewError as error:
+        modeladmin.message_user(request, str(error), messages.ERROR)
+        return
     modeladmin.message_user(request, f"{version} is live.", messages.SUCCESS)
 
 
@@ -723,6 +727,9 @@ class ModelVersionAdmin(ExtraViews, admin.ModelAdmin):
         "promoted_at",
     )
     actions = [make_live]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # versions come from training runs and `train_model`, with their files
 
     def rollback_view(self, request: HttpRequest) -> HttpResponse:
         self.require_post(request)

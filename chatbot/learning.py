@@ -307,7 +307,20 @@ def model_train(
 
 
 def model_promote(*, model_version: ModelVersion) -> None:
-    """Make a version live: in the database, then (after commit) for every serving process."""
+    """Make a version live: in the database, then (after commit) for every serving process.
+
+    ReviewError if its directory is not a model in the store (a row added by hand, files
+    deleted since): every process would drop its model for nothing.
+    """
+    store = get_runtime().models
+    directory = Path(model_version.directory)
+    if (
+        store.path(directory.name).resolve() != directory.resolve()
+        or not (directory / "model.json").is_file()
+    ):
+        raise ReviewError(
+            f"{model_version} has no model in the store ({directory}); it cannot be made live."
+        )
     now = timezone.now()
     with transaction.atomic():
         ModelVersion.objects.filter(is_live=True).exclude(pk=model_version.pk).update(is_live=False)

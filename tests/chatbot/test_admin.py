@@ -127,9 +127,11 @@ def test_admin_makes_a_chosen_model_version_live(admin_client: Client) -> None:
     from chatbot.runtime import get_runtime
 
     store = get_runtime().models
-    old_dir, new_dir = store.root / "v-old", store.root / "v-new"
-    for directory in (old_dir, new_dir):
+    old_dir, new_dir, empty_dir = (store.root / name for name in ("v-old", "v-new", "v-empty"))
+    for directory in (old_dir, new_dir, empty_dir):
         directory.mkdir(parents=True)
+    for directory in (old_dir, new_dir):
+        (directory / "model.json").write_text("{}")
     old = ModelVersion.objects.create(
         directory=str(old_dir), base_model="m", kind="full", is_live=True
     )
@@ -149,6 +151,19 @@ def test_admin_makes_a_chosen_model_version_live(admin_client: Client) -> None:
         new.refresh_from_db()
         assert (old.is_live, new.is_live) == (False, True)
         assert store.live() == "v-new"
+
+        # when: a version without a model (its files gone, or a row made by hand) is chosen
+        hollow = ModelVersion.objects.create(directory=str(empty_dir), base_model="m", kind="full")
+        page = admin_client.post(
+            reverse("admin:chatbot_modelversion_changelist"),
+            {"action": "make_live", "_selected_action": [hollow.pk]},
+            follow=True,
+        ).content.decode()
+
+        # then: refused, and the live model stays
+        assert "it cannot be made live" in page
+        assert store.live() == "v-new" and ModelVersion.objects.get(is_live=True) == new
+        assert admin_client.get(reverse("admin:chatbot_modelversion_add")).status_code == 403
     finally:
         store.clear_live()
 

@@ -200,6 +200,7 @@ def test_admin_rolls_back_to_the_previous_live_version_and_plots_versions(
     versions = []
     for name, accuracy in (("roll-a", 0.91), ("roll-b", 0.87)):
         (models_store.root / name).mkdir(parents=True)
+        (models_store.root / name / "model.json").write_text("{}")
         versions.append(
             ModelVersion.objects.create(
                 directory=str(models_store.root / name),
