@@ -59,3 +59,27 @@ def test_production_refuses_to_start_without_a_secret_key() -> None:
 
     ok = run_settings(DJANGO_DEBUG="0", DJANGO_ALLOWED_HOSTS="x.example", DJANGO_SECRET_KEY="s")
     assert json.loads(ok.stdout)["debug"] is False
+
+
+def test_the_proxy_scheme_is_trusted_only_behind_a_proxy_and_origins_come_from_the_env() -> None:
+    show = (
+        "import django, json; from django.conf import settings as s; django.setup(); "
+        "print(json.dumps([getattr(s, 'SECURE_PROXY_SSL_HEADER', None), s.CSRF_TRUSTED_ORIGINS]))"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "chatbot.settings"}
+
+    def shown(**extra: str) -> list:
+        result = subprocess.run(
+            [sys.executable, "-c", show],
+            env={**env, **extra},
+            cwd=settings.BASE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return json.loads(result.stdout)
+
+    assert shown() == [None, []]
+    assert shown(
+        DJANGO_BEHIND_PROXY="1", DJANGO_CSRF_TRUSTED_ORIGINS="https://chat.example.com"
+    ) == [["HTTP_X_FORWARDED_PROTO", "https"], ["https://chat.example.com"]]
