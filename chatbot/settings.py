@@ -180,6 +180,10 @@ else:
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
+# Retraining (hours on a large knowledge base) has a queue of its own, so that an answer-index
+# rebuild after an admin's edit never waits behind it: run a worker for each queue
+# (`-Q celery` and `-Q training`), or one worker with `-Q celery,training` and two processes.
+CELERY_TASK_ROUTES = {"chatbot.tasks.model_retrain": {"queue": "training"}}
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"

@@ -126,6 +126,7 @@ def celery_worker(redis_broker: str, data_dir: Path, tmp_path: Path) -> Iterator
     command = [
         sys.executable,
         *("-m", "celery", "-A", "chatbot", "worker", "--pool", "solo", "--loglevel", "INFO"),
+        *("-Q", "celery,training"),
         *("--without-gossip", "--without-mingle", "--without-heartbeat"),
     ]
     with log.open("ab") as out:

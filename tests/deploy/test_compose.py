@@ -34,10 +34,23 @@ def test_the_compose_file_validates_and_runs_every_role_with_health_checks() -> 
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
     services = config["services"]
-    assert {"web", "worker", "beat", "postgres", "redis", "proxy", "setup"} <= set(services)
+    assert {"web", "worker", "trainer", "beat", "postgres", "redis", "proxy", "setup"} <= set(
+        services
+    )
     assert services["web"]["deploy"]["replicas"] >= 2
-    for name in ("web", "worker", "postgres", "redis", "proxy"):
+    for name in ("web", "worker", "trainer", "postgres", "redis", "proxy"):
         assert services[name]["healthcheck"]["test"], name
+    # every queue a task is routed to has a worker (retraining has its own)
+    from django.conf import settings
+
+    queues = {"celery"} | {r["queue"] for r in settings.CELERY_TASK_ROUTES.values()}
+    consumed = set()
+    for name in ("worker", "trainer"):
+        command = services[name]["command"]
+        command = command.split() if isinstance(command, str) else command
+        consumed |= set(command[command.index("-Q") + 1].split(","))
+    assert consumed == queues == {"celery", "training"}
+    assert services["trainer"]["volumes"] == services["web"]["volumes"]
     environment = services["web"]["environment"]
     assert environment["REDIS_URL"].startswith("redis://redis:")
     assert environment["DATABASE_URL"].startswith("postgres://")
