@@ -7,6 +7,7 @@ vectors are cosine similarities that match its training objective.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +18,37 @@ if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
+
+
+class BaseModelError(ValueError):
+    """The base model setting names no checkpoint this machine can load."""
+
+
+def checked_base_model(name: str | Path) -> str:
+    """`name` if it can name a Hugging Face checkpoint here: a directory with a config.json, or
+    a hub id while downloads are allowed. Otherwise BaseModelError saying what to fix, instead
+    of transformers' "Repo id must be in the form..." for a mistyped path."""
+    name = str(name)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BaseModelError(
+                f"Base model {name}: the directory has no config.json, so it is not a Hugging "
+                "Face checkpoint. Set CHATBOT_BASE_MODEL (or --base-model) to one."
+            )
+        return str(path)
+    hub_id = name.count("/") <= 1 and not name.startswith((".", "/", "~"))
+    if not hub_id:
+        raise BaseModelError(
+            f"Base model {name}: no such directory. Set CHATBOT_BASE_MODEL (or --base-model) "
+            "to a checkpoint directory."
+        )
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}:
+        raise BaseModelError(
+            f"Base model {name}: not a directory here, and HF_HUB_OFFLINE forbids downloading "
+            "it. Set CHATBOT_BASE_MODEL (or --base-model) to a checkpoint directory."
+        )
+    return name
 
 
 def pick_device(device: str | None = None) -> str:
@@ -79,6 +111,7 @@ class SentenceEncoder:
         """`int8` quantises the encoder on CPU (about twice as fast for one message)."""
         from transformers import AutoModel, AutoTokenizer
 
+        path = checked_base_model(path)
         device = pick_device(device)
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         model = AutoModel.from_pretrained(str(path)).to(device).eval()

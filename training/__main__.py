@@ -54,11 +54,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from retrieval.encoder import BaseModelError
     from training.data import DatasetError
 
     try:
         return _train(args) if args.command == "train" else _evaluate(args)
-    except (DatasetError, FileNotFoundError) as error:
+    except (DatasetError, BaseModelError, FileNotFoundError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.encoder import checked_base_model
 from training.config import TrainConfig
 from training.data import (
     DatasetError,
@@ -313,7 +314,7 @@ def train(
         raise DatasetError("The validation set is empty.")
     label2id, id2label = build_label_maps(e.label for e in train_examples)
     check_known_labels(val_examples, label2id)
-    base_model = config.base_model or default_base_model()
+    base_model = checked_base_model(config.base_model or default_base_model())
     seed_everything(config.seed)
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":

@@ -77,3 +77,31 @@ def test_train_on_an_empty_file_says_so(write_csv, tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "empty" in result.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_a_wrong_base_model_or_an_existing_out_directory_is_a_clear_error(
+    examples, write_csv, tmp_path: Path
+) -> None:
+    train_csv = write_csv("train.csv", examples)
+    common = ("train", "--csv", str(train_csv), "--epochs", "1")
+
+    mistyped = run(*common, "--base-model", str(tmp_path / "no-such-bert"), "--out", "m1")
+    not_a_checkpoint = run(*common, "--base-model", str(tmp_path), "--out", "m2")
+    taken = run(*common, "--out", str(tmp_path))
+
+    assert mistyped.returncode == 2 and "Traceback" not in mistyped.stderr
+    assert "no-such-bert: no such directory. Set CHATBOT_BASE_MODEL" in mistyped.stderr
+    assert not_a_checkpoint.returncode == 2
+    assert "has no config.json" in not_a_checkpoint.stderr
+    assert taken.returncode == 2 and "exists; choose a new directory" in taken.stderr
+
+
+def test_a_hub_id_is_a_base_model_only_while_downloads_are_allowed(monkeypatch) -> None:
+    from retrieval.encoder import BaseModelError, checked_base_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert checked_base_model("bert-base-uncased") == "bert-base-uncased"
+    assert checked_base_model("google/bert_uncased_L-2_H-128_A-2").startswith("google/")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BaseModelError, match="HF_HUB_OFFLINE forbids downloading"):
+        checked_base_model("bert-base-uncased")

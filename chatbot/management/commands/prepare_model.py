@@ -3,6 +3,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from chatbot.knowledge import KnowledgeBaseError, answer_index_build
 from chatbot.runtime import get_runtime
+from retrieval.encoder import BaseModelError
 from training.config import TrainConfig
 
 
@@ -22,7 +23,7 @@ class Command(BaseCommand):
     def handle(self, *args, force: bool, no_train: bool, epochs: int, **options) -> None:
         try:
             version = answer_index_build(force=force)
-        except KnowledgeBaseError as error:
+        except (KnowledgeBaseError, BaseModelError) as error:
             raise CommandError(str(error)) from error
         self.stdout.write(self.style.SUCCESS(f"Answer index {version} is live."))
         live = get_runtime().models.live()

@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from chatbot.learning import model_train
+from retrieval.encoder import BaseModelError
 from training.config import TrainConfig
 from training.data import DatasetError
 
@@ -22,7 +23,7 @@ class Command(BaseCommand):
             setattr(config, "lora_lr" if lora else "lr", lr)
         try:
             version = model_train(config=config, promote=promote)
-        except DatasetError as error:
+        except (DatasetError, BaseModelError) as error:
             raise CommandError(str(error)) from error
         validation = version.metrics["validation"]
         self.stdout.write(
