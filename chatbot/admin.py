@@ -649,7 +649,11 @@ class TrainingRunAdmin(ExtraViews, admin.ModelAdmin):
     def start_view(self, request: HttpRequest) -> HttpResponse:
         self.require_post(request)
         run = learning.training_run_request(trigger=TrainingRun.Trigger.MANUAL)
-        self.message_user(request, f"{run} is queued for the worker.", messages.SUCCESS)
+        run.refresh_from_db()  # handed over on commit (admin views run in autocommit)
+        if run.status == TrainingRun.Status.FAILED:
+            self.message_user(request, f"{run} could not start: {run.error}", messages.ERROR)
+        else:
+            self.message_user(request, f"{run} is queued for the worker.", messages.SUCCESS)
         return redirect("admin:chatbot_trainingrun_changelist")
 
     @admin.display(description="Progress", ordering="progress")

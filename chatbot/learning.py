@@ -356,7 +356,20 @@ def training_run_request(*, trigger: str = TrainingRun.Trigger.MANUAL) -> Traini
     from chatbot.tasks import model_retrain
 
     run = TrainingRun.objects.create(trigger=trigger)
-    transaction.on_commit(lambda: model_retrain.delay(run_id=run.pk))
+
+    def hand_over() -> None:
+        try:
+            model_retrain.delay(run_id=run.pk)
+        except Exception as error:  # the broker is down: the run must not wait forever
+            logger.exception("Training run %s could not be handed to a worker", run.pk)
+            TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.QUEUED).update(
+                status=TrainingRun.Status.FAILED,
+                finished_at=timezone.now(),
+                error=f"No worker could be reached to run it ({error}); is the broker "
+                "(REDIS_URL, CELERY_BROKER_URL) up?",
+            )
+
+    transaction.on_commit(hand_over)
     return run
 
 

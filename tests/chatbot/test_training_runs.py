@@ -248,3 +248,26 @@ def test_runs_are_started_from_the_admin_and_scheduled_nightly_at_three(
     assert "Start a training run now" in listing.content.decode()
     detail = admin_client.get(reverse("admin:chatbot_trainingrun_change", args=[run.pk]))
     assert detail.status_code == 200
+
+
+def test_a_run_no_worker_can_be_reached_for_fails_at_once_saying_why(
+    admin_client: Client, transactional_db, monkeypatch
+) -> None:
+    # given: the broker does not answer (fault injection at the hand-over)
+    from kombu.exceptions import OperationalError
+
+    from chatbot.tasks import model_retrain
+
+    def unreachable(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(model_retrain, "delay", unreachable)
+
+    # when
+    response = admin_client.post(reverse("admin:chatbot_trainingrun_start"), follow=True)
+
+    # then: failed, not queued forever; and the admin is told
+    run = TrainingRun.objects.get()
+    assert run.status == "failed" and run.finished_at is not None
+    assert "No worker could be reached" in run.error and "Connection refused" in run.error
+    assert "could not start" in response.content.decode()
