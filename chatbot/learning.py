@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import time
 import traceback
 from collections import Counter, deque
@@ -331,17 +332,44 @@ def model_promote(*, model_version: ModelVersion) -> None:
     model_version.promoted_at = now
 
 
-def model_rollback() -> ModelVersion:
-    """Make live again the version that was live before the current one."""
-    live = ModelVersion.objects.filter(is_live=True).first()
-    if live is None or live.promoted_at is None:
-        raise ReviewError("No model is live, so there is nothing to roll back.")
-    previous = (
+def _rollback_target(live: ModelVersion) -> ModelVersion | None:
+    """The version that was live before `live`."""
+    if live.promoted_at is None:
+        return None
+    return (
         ModelVersion.objects.filter(promoted_at__lt=live.promoted_at)
         .exclude(pk=live.pk)
         .order_by("-promoted_at")
         .first()
     )
+
+
+def model_files_prune(*, keep: int | None = None) -> list[ModelVersion]:
+    """Delete the files of old model versions (about 90 MB each for a full fine-tune; the rows
+    and their metrics stay): all but the live one, the one a rollback returns to, and the newest
+    `keep` others (CHATBOT_KEEP_MODEL_VERSIONS). Returns the versions whose files went."""
+    keep = settings.CHATBOT_KEEP_MODEL_VERSIONS if keep is None else keep
+    store = get_runtime().models
+    live = ModelVersion.objects.filter(is_live=True).first()
+    kept = {live.pk, getattr(_rollback_target(live), "pk", None)} if live else set()
+    gone = []
+    for version in ModelVersion.objects.exclude(pk__in=kept - {None}).order_by("-created_at")[
+        keep:
+    ]:
+        directory = Path(version.directory)
+        in_store = store.path(directory.name).resolve() == directory.resolve()
+        if in_store and directory.name != store.live() and directory.is_dir():
+            shutil.rmtree(directory, ignore_errors=True)
+            gone.append(version)
+    return gone
+
+
+def model_rollback() -> ModelVersion:
+    """Make live again the version that was live before the current one."""
+    live = ModelVersion.objects.filter(is_live=True).first()
+    if live is None or live.promoted_at is None:
+        raise ReviewError("No model is live, so there is nothing to roll back.")
+    previous = _rollback_target(live)
     if previous is None:
         raise ReviewError(f"{live} is the only version that was ever live.")
     model_promote(model_version=previous)
@@ -509,7 +537,7 @@ def _train_and_judge(run: TrainingRun) -> TrainingRun:
         }
         for name, scores in candidate_scores["per_intent"].items()
     }
-    return _finish(
+    finished = _finish(
         run,
         TrainingRun.Status.PROMOTED if promote else TrainingRun.Status.KEPT,
         metrics=summary,
@@ -517,6 +545,12 @@ def _train_and_judge(run: TrainingRun) -> TrainingRun:
         reason=" ".join(filter(None, (reason, left_out_note(thin)))),
         stage="done",
     )
+    try:
+        if gone := model_files_prune():
+            logger.info("Deleted the files of model versions %s", ", ".join(map(str, gone)))
+    except Exception:  # a full disk is no reason to call the run failed
+        logger.exception("Could not delete the files of old model versions")
+    return finished
 
 
 class _TailHandler(logging.Handler):

@@ -250,6 +250,9 @@ CHATBOT_ENCODER_INT8 = env_bool("CHATBOT_ENCODER_INT8", False)
 CHATBOT_LIVE_CHECK_SECONDS = float(env("CHATBOT_LIVE_CHECK_SECONDS", "5"))
 # How many past messages a reconnecting widget receives.
 CHATBOT_HISTORY_LIMIT = int(env("CHATBOT_HISTORY_LIMIT", "200"))
+# Model versions whose files a training run keeps besides the live one and the one a rollback
+# returns to (older ones keep their row and metrics).
+CHATBOT_KEEP_MODEL_VERSIONS = int(env("CHATBOT_KEEP_MODEL_VERSIONS", "5"))
 # Optional helper; off without a key.
 OPENAI_API_KEY = env("OPENAI_API_KEY")
 OPENAI_BASE_URL = env("OPENAI_BASE_URL")

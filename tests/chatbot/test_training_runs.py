@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from chatbot.learning import (
     PromotionRule,
+    model_files_prune,
     training_examples,
     training_run_execute,
     validation_split,
@@ -271,3 +272,36 @@ def test_a_run_no_worker_can_be_reached_for_fails_at_once_saying_why(
     assert run.status == "failed" and run.finished_at is not None
     assert "No worker could be reached" in run.error and "Connection refused" in run.error
     assert "could not start" in response.content.decode()
+
+
+def test_old_model_files_go_but_the_live_and_the_rollback_target_stay(
+    transactional_db, models_store
+) -> None:
+    # given: eight versions, the third live, the second live before it
+    versions = []
+    for i in range(8):
+        directory = models_store.root / f"prune-{i}"
+        directory.mkdir(parents=True)
+        (directory / "model.json").write_text("{}")
+        versions.append(
+            ModelVersion.objects.create(directory=str(directory), base_model="m", kind="full")
+        )
+        ModelVersion.objects.filter(pk=versions[-1].pk).update(
+            created_at=timezone.now() - timedelta(days=10 - i)
+        )
+    ModelVersion.objects.filter(pk=versions[1].pk).update(
+        promoted_at=timezone.now() - timedelta(days=5)
+    )
+    ModelVersion.objects.filter(pk=versions[2].pk).update(
+        is_live=True, promoted_at=timezone.now() - timedelta(days=1)
+    )
+    models_store.set_live("prune-2")
+
+    # when
+    gone = model_files_prune(keep=2)
+
+    # then: the live one, the rollback target and the newest two keep their files
+    assert {v.pk for v in gone} == {versions[i].pk for i in (0, 3, 4, 5)}
+    left = sorted(p.name for p in models_store.root.glob("prune-*"))
+    assert left == ["prune-1", "prune-2", "prune-6", "prune-7"]
+    assert ModelVersion.objects.count() == 8  # rows and metrics stay
