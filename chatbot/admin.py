@@ -13,7 +13,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from chatbot import knowledge, learning, selectors, services, tasks
 from chatbot.models import (
@@ -640,7 +640,10 @@ class TrainingRunAdmin(ExtraViews, admin.ModelAdmin):
         "short_reason",
     )
     list_filter = ("status", "trigger")
-    readonly_fields = [f.name for f in TrainingRun._meta.fields] + ["per_intent_table"]
+    # per_intent shows as a table (per_intent_table), not also as raw JSON.
+    readonly_fields = [f.name for f in TrainingRun._meta.fields if f.name != "per_intent"] + [
+        "per_intent_table"
+    ]
     exclude = ("per_intent",)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -676,20 +679,18 @@ class TrainingRunAdmin(ExtraViews, admin.ModelAdmin):
         if not obj.per_intent:
             return "-"
         rows = sorted(obj.per_intent.items())
-        cells = "".join(
-            format_html(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                name,
-                scores["support"],
-                _percent(scores["candidate"]),
-                _percent(scores["live"]),
-            )
-            for name, scores in rows
+        cells = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (name, scores["support"], _percent(scores["candidate"]), _percent(scores["live"]))
+                for name, scores in rows
+            ),
         )
         return format_html(
             "<table><tr><th>intent</th><th>examples</th><th>candidate</th><th>live</th></tr>"
             "{}</table>",
-            format_html(cells),
+            cells,
         )
 
 

@@ -305,3 +305,19 @@ def test_old_model_files_go_but_the_live_and_the_rollback_target_stay(
     left = sorted(p.name for p in models_store.root.glob("prune-*"))
     assert left == ["prune-1", "prune-2", "prune-6", "prune-7"]
     assert ModelVersion.objects.count() == 8  # rows and metrics stay
+
+
+def test_a_runs_page_shows_each_intent_once_as_a_table(
+    admin_client: Client, transactional_db
+) -> None:
+    run = TrainingRun.objects.create(
+        status="kept",
+        per_intent={"order_status": {"support": 12, "candidate": 0.75, "live": 0.9}},
+    )
+
+    page = admin_client.get(reverse("admin:chatbot_trainingrun_change", args=[run.pk]))
+
+    html = page.content.decode()
+    assert "field-per_intent_table" in html and "order_status" in html
+    assert 'class="form-row field-per_intent"' not in html
+    assert html.count("order_status") == 1
