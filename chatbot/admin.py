@@ -285,8 +285,14 @@ class ConversationAdmin(ExtraViews, DistinctSearchMixin, admin.ModelAdmin):
         self.require_post(request, conversation)
         return conversation
 
-    def reply_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        conversation = self._posted_conversation(request, object_id)
+    def save_model(self, request: HttpRequest, obj: Conversation, form, change: bool) -> None:
+        """Save, and send the reply typed in "Reply to the customer" if there is one: an admin
+        who clicks Save instead of "Send reply" must not lose it."""
+        super().save_model(request, obj, form, change)
+        if change and request.POST.get("staff_reply", "").strip():
+            self._send_reply(request, obj)
+
+    def _send_reply(self, request: HttpRequest, conversation: Conversation) -> None:
         try:
             services.staff_reply_send(
                 conversation=conversation, text=request.POST.get("staff_reply", "")
@@ -295,6 +301,10 @@ class ConversationAdmin(ExtraViews, DistinctSearchMixin, admin.ModelAdmin):
             self.message_user(request, str(error), messages.ERROR)
         else:
             self.message_user(request, "Reply sent to the customer.", messages.SUCCESS)
+
+    def reply_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        conversation = self._posted_conversation(request, object_id)
+        self._send_reply(request, conversation)
         return redirect("admin:chatbot_conversation_change", conversation.pk)
 
     def hand_back_view(self, request: HttpRequest, object_id: str) -> HttpResponse:

@@ -210,10 +210,15 @@ def test_a_customer_asks_for_a_person_and_sees_the_admins_reply_live(
         admin.fill("#id_staff_reply", "Hi, I'm Alex from the team. How can I help?")
         admin.click("input[value='Send reply']")
         expect(admin.locator(".messagelist")).to_contain_text("Reply sent")
+        # a reply typed and then saved with the page (not "Send reply") is sent too
+        admin.fill("#id_staff_reply", "Your refund is on its way.")
+        admin.click("input[name=_continue]")
+        expect(admin.locator(".messagelist")).to_contain_text("Reply sent")
 
-    # then: the customer sees it without reloading
+    # then: the customer sees them without reloading
     expect(bubbles(page, "agent")).to_have_text(
-        ["Hi, I'm Alex from the team. How can I help?"], timeout=REPLY_TIMEOUT_MS
+        ["Hi, I'm Alex from the team. How can I help?", "Your refund is on its way."],
+        timeout=REPLY_TIMEOUT_MS,
     )
 
 
