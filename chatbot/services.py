@@ -554,9 +554,15 @@ def _broadcast(conversation: Conversation, message: Message, *, status: str) -> 
     from channels.layers import get_channel_layer
 
     frame = {"type": "message", **protocol.message_frame(message), "status": status}
-    async_to_sync(get_channel_layer().group_send)(
-        conversation_group(conversation.public_id), {"type": "conversation.message", "frame": frame}
-    )
+    try:
+        async_to_sync(get_channel_layer().group_send)(
+            conversation_group(conversation.public_id),
+            {"type": "conversation.message", "frame": frame},
+        )
+    except Exception:
+        # Stored already (this runs after commit): an open widget gets it with the history
+        # when it reconnects. A 500 now would tell the admin the change failed; it did not.
+        logger.exception("Could not push message %s to the open widget", message.pk)
 
 
 @transaction.atomic

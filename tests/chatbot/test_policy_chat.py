@@ -12,7 +12,7 @@ from channels.db import database_sync_to_async
 
 from chatbot.agent import TALK_TO_PERSON_LABEL
 from chatbot.learning import model_promote
-from chatbot.models import Conversation, Message, ModelVersion
+from chatbot.models import Conversation, Intent, Message, ModelVersion
 from chatbot.runtime import get_runtime
 from tests.chatbot.conftest import serve_now
 from tests.chatbot.test_consumer import open_chat, send_message
@@ -199,3 +199,47 @@ def test_only_what_tells_the_customer_changes_who_answers(admin_client, knowledg
     assert notes.count() == 2 and notes.last().text.startswith("This conversation has been closed")
     assert "The conversation is closed" in refused
     assert not Message.objects.filter(conversation=conversation, role="agent").exists()
+
+
+def test_with_redis_down_an_admins_change_is_saved_and_reported_done(
+    admin_client, knowledge_base, monkeypatch, caplog
+) -> None:
+    # given: neither the channel layer nor the broker answers (fault injection)
+    from kombu.exceptions import OperationalError
+
+    from chatbot.tasks import answer_index_rebuild
+
+    class Down:
+        async def group_send(self, group, message):
+            raise ConnectionError("Connection refused")
+
+    def broker_down(*args, **kwargs):
+        raise OperationalError("Connection refused")
+
+    monkeypatch.setattr("channels.layers.get_channel_layer", lambda: Down())
+    monkeypatch.setattr(answer_index_rebuild, "delay", broker_down)
+    conversation = Conversation.objects.create(status=Conversation.Status.BOT)
+    question = Message.objects.create(conversation=conversation, role="customer", text="hello")
+    Message.objects.create(
+        conversation=conversation, role="bot", text="Hi!", in_reply_to=question, decision="answer"
+    )
+
+    # when: a conversation is closed, and a message relabelled
+    closed = admin_client.post(
+        "/admin/chatbot/conversation/",
+        {"action": "close_conversations", "_selected_action": [conversation.pk]},
+    )
+    intent = Intent.objects.get(name="greeting")
+    relabelled = admin_client.post(
+        "/admin/chatbot/reviewitem/",
+        {"action": "relabel", "_selected_action": [question.pk], "intent": intent.pk},
+    )
+
+    # then: saved, no 500, and the failures are in the log
+    assert (closed.status_code, relabelled.status_code) == (302, 302)
+    conversation.refresh_from_db()
+    question.refresh_from_db()
+    assert conversation.status == "closed" and question.review == "relabelled"
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("Could not push message" in line for line in logged)
+    assert any("Could not hand the answer-index rebuild" in line for line in logged)
