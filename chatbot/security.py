@@ -1,16 +1,54 @@
 """Which web pages may open a chat WebSocket."""
 
-from channels.security.websocket import AllowedHostsOriginValidator, OriginValidator
+from urllib.parse import urlsplit
+
+from channels.security.websocket import WebsocketDenier
 from django.conf import settings
+from django.http.request import split_domain_port, validate_host
 
 
-def WidgetOriginValidator(application):
-    """Allow this site's own hosts, plus the sites configured to embed the widget.
+def _header(scope, name: bytes) -> str:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin1")
+    return ""
 
-    The widget runs on the company's own website, whose origin is usually not one of the chat
-    server's ALLOWED_HOSTS, so those origins are listed in CHATBOT_WIDGET_ORIGINS.
+
+def origin_allowed(origin: str, host: str) -> bool:
+    """Whether a page at `origin` may open a chat on a server reached as `host` (its Host
+    header): a page of this very site (same scheme-less host and port, the host one of
+    ALLOWED_HOSTS), or one of CHATBOT_WIDGET_ORIGINS ("*": any page).
+
+    Channels' AllowedHostsOriginValidator matches a bare host on any port or scheme, so any
+    other app or plain-http page on the chat server's hostname could open chats; this does not.
     """
-    if not settings.CHATBOT_WIDGET_ORIGINS:
-        return AllowedHostsOriginValidator(application)
-    allowed = AllowedHostsOriginValidator(application).allowed_origins
-    return OriginValidator(application, [*allowed, *settings.CHATBOT_WIDGET_ORIGINS])
+    if "*" in settings.CHATBOT_WIDGET_ORIGINS:
+        return True
+    parts = urlsplit(origin.strip().lower())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return False  # no Origin, "null" (a sandboxed page or a file), or garbage
+    if f"{parts.scheme}://{parts.netloc}" in {
+        o.strip().lower().rstrip("/") for o in settings.CHATBOT_WIDGET_ORIGINS
+    }:
+        return True
+    domain, _port = split_domain_port(host.lower())
+    return (
+        bool(domain)
+        and parts.netloc == host.lower()
+        and validate_host(domain, settings.ALLOWED_HOSTS)
+    )
+
+
+class WidgetOriginValidator:
+    """Let through the WebSocket handshakes of allowed pages (`origin_allowed`); refuse the
+    others with a 403 before the application sees them."""
+
+    def __init__(self, application) -> None:
+        self.application = application
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "websocket":
+            raise ValueError("WidgetOriginValidator guards WebSocket connections only.")
+        if origin_allowed(_header(scope, b"origin"), _header(scope, b"host")):
+            return await self.application(scope, receive, send)
+        return await WebsocketDenier()(scope, receive, send)

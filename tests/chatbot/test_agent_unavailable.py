@@ -16,7 +16,9 @@ async def test_without_a_published_index_the_message_is_kept_and_an_error_sent(
     get_runtime.cache_clear()
     try:
         communicator = WebsocketCommunicator(
-            application, "/ws/chat/", headers=[(b"origin", b"http://localhost")]
+            application,
+            "/ws/chat/",
+            headers=[(b"origin", b"http://localhost"), (b"host", b"localhost")],
         )
         assert (await communicator.connect(timeout=10))[0]
         await communicator.receive_json_from(timeout=10)

@@ -23,13 +23,15 @@ from tests.chatbot.conftest import reply_row
 pytestmark = pytest.mark.usefixtures("knowledge_base")
 
 ORIGIN = b"http://127.0.0.1:8000"
+HOST = b"127.0.0.1:8000"
 
 
 async def open_chat(query: str = "", origin: bytes = ORIGIN) -> tuple[WebsocketCommunicator, dict]:
     communicator = WebsocketCommunicator(
         application,
         f"/ws/chat/{query}",
-        headers=[(b"origin", origin), (b"user-agent", b"pytest-browser/1.0")],
+        # a page of the chat server's own site (as the demo page is)
+        headers=[(b"origin", origin), (b"host", HOST), (b"user-agent", b"pytest-browser/1.0")],
     )
     connected, _ = await communicator.connect(timeout=10)
     assert connected
@@ -325,6 +327,32 @@ async def test_a_site_listed_in_widget_origins_can_embed_the_chat(settings) -> N
     assert (await allowed.connect(timeout=10))[0]
     assert not (await denied.connect(timeout=10))[0]
     await allowed.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "allowed"),
+    [
+        ("http://127.0.0.1:8000", "127.0.0.1:8000", True),  # the server's own page
+        ("http://localhost", "localhost", True),
+        ("http://127.0.0.1:9001", "127.0.0.1:8000", False),  # another app on its host
+        ("https://127.0.0.1:4444", "127.0.0.1:8000", False),
+        ("http://localhost:1234", "127.0.0.1:8000", False),
+        ("http://chat.example.com", "chat.example.com", False),  # not in ALLOWED_HOSTS
+        ("https://shop.example", "127.0.0.1:8000", True),  # listed
+        ("https://shop.example:8443", "127.0.0.1:8000", False),
+        ("http://shop.example", "127.0.0.1:8000", False),
+        ("null", "127.0.0.1:8000", False),
+        ("", "127.0.0.1:8000", False),
+    ],
+)
+def test_only_the_sites_own_pages_and_the_listed_sites_may_open_a_chat(
+    settings, origin: str, host: str, allowed: bool
+) -> None:
+    from chatbot.security import origin_allowed
+
+    settings.CHATBOT_WIDGET_ORIGINS = ["https://shop.example/"]
+
+    assert origin_allowed(origin, host) is allowed
 
 
 async def test_rating_and_ping() -> None:
