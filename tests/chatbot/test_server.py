@@ -378,3 +378,18 @@ def test_a_ready_process_names_the_model_and_the_precision_it_serves(client, liv
     assert body["model_version"] == version == Path(live_model.directory).name
     assert body["precision"] == classifier.precision
     assert body["precision"] in PRECISIONS
+
+
+def test_probes_answer_whatever_host_they_are_sent_to(client, settings) -> None:
+    # given: the operator named the site; a container health check probes 127.0.0.1
+    settings.ALLOWED_HOSTS = ["chat.example.com"]
+
+    # when
+    probes = [client.get(path, HTTP_HOST="127.0.0.1:8000") for path in ("/healthz", "/readyz")]
+    page = client.get("/", HTTP_HOST="127.0.0.1:8000")
+
+    # then: the probes answer (ready or not: this process may not have warmed up); other pages
+    # do not
+    assert probes[0].status_code == 200 and probes[0].json()["database"] == "ok"
+    assert probes[1].status_code in (200, 503) and "model" in probes[1].json()
+    assert page.status_code == 400
