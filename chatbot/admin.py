@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import uuid
 
 from django import forms
 from django.contrib import admin, messages
@@ -274,6 +275,15 @@ class ConversationAdmin(ExtraViews, DistinctSearchMixin, admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
         return super().get_queryset(request).annotate(_messages=Count("messages"))
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field=None):
+        """By primary key, or by the conversation id the widget and the protocol show (its
+        UUID): /admin/chatbot/conversation/<uuid>/change/ opens it."""
+        try:
+            public_id = uuid.UUID(object_id)
+        except ValueError:
+            return super().get_object(request, object_id, from_field)
+        return self.get_queryset(request).filter(public_id=public_id).first()
 
     def get_ordering(self, request: HttpRequest) -> list:
         """Conversations waiting for a person first, then the most recently active."""

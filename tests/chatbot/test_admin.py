@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from django.test import Client
 from django.urls import reverse
@@ -211,3 +213,15 @@ def test_a_stored_message_can_be_read_but_not_rewritten(admin_client: Client, co
     assert posted.status_code == 403
     assert Message.objects.get(pk=message.pk).text == message.text
     assert admin_client.get(reverse("admin:chatbot_message_add")).status_code == 403
+
+
+def test_a_conversation_opens_by_the_id_the_widget_shows(
+    admin_client: Client, conversation
+) -> None:
+    by_uuid = admin_client.get(f"/admin/chatbot/conversation/{conversation.public_id}/change/")
+    by_pk = admin_client.get(f"/admin/chatbot/conversation/{conversation.pk}/change/")
+
+    assert by_uuid.status_code == by_pk.status_code == 200
+    assert by_uuid.context["original"].pk == conversation.pk
+    unknown = admin_client.get(f"/admin/chatbot/conversation/{uuid.uuid4()}/change/")
+    assert unknown.status_code == 302  # "does not exist", as for an unknown key
