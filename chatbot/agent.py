@@ -172,8 +172,8 @@ class Agent:
             choices = self._choices(index, vector, [r.intent for r in ranked[:3]])
             reply_text, suggestions = CLARIFY_TEXT, tuple(label for _, label in choices)
         else:
-            # Offered only when the knowledge base can hand off (it has the intent).
-            can_hand_off = self._choices(index, vector, [self.handoff_intent])
+            # Offered only when the knowledge base can hand off (it has the intent's examples).
+            can_hand_off = self.handoff_intent in index.examples.ids_by_intent
             choices = ((self.handoff_intent, TALK_TO_PERSON_LABEL),) if can_hand_off else ()
             reply_text, suggestions = OUT_OF_SCOPE_TEXT, tuple(label for _, label in choices)
         return AgentReply(

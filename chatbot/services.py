@@ -114,13 +114,9 @@ def customer_messages_receive(incoming: Sequence[Incoming]) -> list[Received | E
     each new one: five statements for the whole batch, however large (`customer_messages_store`,
     `selectors.turn_contexts`). A message that could not be stored has its error in its place."""
     stored = customer_messages_store(incoming)
-    contexts = selectors.turn_contexts(
-        messages=[s[0] for s in stored if not isinstance(s, Exception) and s[1]]
-    )
-    return [
-        s if isinstance(s, Exception) else Received(s[0], s[1], contexts.get(s[0].pk))
-        for s in stored
-    ]
+    new = [s[0] for s in stored if not isinstance(s, Exception) and s[1]]
+    contexts = selectors.turn_contexts(messages=new)
+    return [s if isinstance(s, Exception) else Received(*s, contexts.get(s[0].pk)) for s in stored]
 
 
 def customer_messages_store(

@@ -774,8 +774,7 @@
       state.conversationStatus = frame.status;
     }
     if (frame.status === "closed") {
-      forgetConversation();
-      stopWaiting(null);
+      conversationClosed();
       removeQuickReplies();
     }
     // Our own message echoed (e.g. sent from another tab): treat it as an acknowledgement.
@@ -793,13 +792,18 @@
     if (frame.role !== "customer") notifyUnread();
   }
 
+  /** The team closed the conversation: nothing more will answer it; the next message starts a
+   * new one (`queueAndSend`). */
+  function conversationClosed() {
+    state.conversationStatus = "closed";
+    forgetConversation();
+    stopWaiting(null);
+  }
+
   function onError(frame) {
     if (frame.code === "conversation_closed") {
-      // The team closed it just before this message arrived (the message is kept there): the
-      // next message starts a new conversation.
-      state.conversationStatus = "closed";
-      forgetConversation();
-      stopWaiting(null);
+      // The team closed it just before this message arrived (the message is kept there).
+      conversationClosed();
       addNote(TEXT.ended);
       return;
     }
