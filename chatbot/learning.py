@@ -313,12 +313,8 @@ def model_promote(*, model_version: ModelVersion) -> None:
     ReviewError if its directory is not a model in the store (a row added by hand, files
     deleted since): every process would drop its model for nothing.
     """
-    store = get_runtime().models
     directory = Path(model_version.directory)
-    if (
-        store.path(directory.name).resolve() != directory.resolve()
-        or not (directory / "model.json").is_file()
-    ):
+    if not _in_model_store(directory) or not (directory / "model.json").is_file():
         raise ReviewError(
             f"{model_version} has no model in the store ({directory}); it cannot be made live."
         )
@@ -330,6 +326,11 @@ def model_promote(*, model_version: ModelVersion) -> None:
         transaction.on_commit(lambda: get_runtime().models.set_live(name))
     model_version.is_live = True
     model_version.promoted_at = now
+
+
+def _in_model_store(directory: Path) -> bool:
+    """Whether `directory` is a version directory of the model store (what `set_live` names)."""
+    return get_runtime().models.path(directory.name).resolve() == directory.resolve()
 
 
 def _rollback_target(live: ModelVersion) -> ModelVersion | None:
@@ -349,7 +350,7 @@ def model_files_prune(*, keep: int | None = None) -> list[ModelVersion]:
     and their metrics stay): all but the live one, the one a rollback returns to, and the newest
     `keep` others (CHATBOT_KEEP_MODEL_VERSIONS). Returns the versions whose files went."""
     keep = settings.CHATBOT_KEEP_MODEL_VERSIONS if keep is None else keep
-    store = get_runtime().models
+    live_name = get_runtime().models.live()
     live = ModelVersion.objects.filter(is_live=True).first()
     kept = {live.pk, getattr(_rollback_target(live), "pk", None)} if live else set()
     gone = []
@@ -357,8 +358,7 @@ def model_files_prune(*, keep: int | None = None) -> list[ModelVersion]:
         keep:
     ]:
         directory = Path(version.directory)
-        in_store = store.path(directory.name).resolve() == directory.resolve()
-        if in_store and directory.name != store.live() and directory.is_dir():
+        if _in_model_store(directory) and directory.name != live_name and directory.is_dir():
             shutil.rmtree(directory, ignore_errors=True)
             gone.append(version)
     return gone
