@@ -565,22 +565,19 @@ class ReviewQueueAdmin(ExtraViews, admin.ModelAdmin):
             intent=data.get("intent"),
             new_intent=data.get("new_intent", ""),
         )
-        created = data.get("new_intent") and Intent.objects.filter(
-            name=learning.intent_name(data["new_intent"]), templates__isnull=True
-        )
-        if created:
+        # The intent the messages went to (a typed name wins, as in `review_apply`).
+        new_name = learning.intent_name(data["new_intent"]) if data.get("new_intent") else ""
+        target = Intent.objects.filter(name=new_name).first() if new_name else data.get("intent")
+        if target is None:
+            return
+        if new_name and not target.templates.exists():
             self.message_user(
                 request,
-                f"Intent {created[0].name} has no answer yet: until it has one, a person takes "
+                f"Intent {target.name} has no answer yet: until it has one, a person takes "
                 "the conversations the bot recognises as it.",
                 messages.WARNING,
             )
-        target = data.get("intent") or (
-            Intent.objects.filter(name=learning.intent_name(data["new_intent"])).first()
-            if data.get("new_intent")
-            else None
-        )
-        if target is not None and (n := target.examples.count()) < learning.MIN_EXAMPLES_TO_TRAIN:
+        if (n := target.examples.count()) < learning.MIN_EXAMPLES_TO_TRAIN:
             self.message_user(
                 request,
                 f"Intent {target.name} has {n} example(s): training leaves it out until it has "
