@@ -6,6 +6,7 @@ import csv
 import uuid
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import PermissionDenied
@@ -16,7 +17,7 @@ from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.html import format_html, format_html_join
 
-from chatbot import knowledge, learning, selectors, services, tasks
+from chatbot import knowledge, learning, selectors, services, tasks, views
 from chatbot.models import (
     AnswerTemplate,
     Conversation,
@@ -311,6 +312,15 @@ class ConversationAdmin(ExtraViews, DistinctSearchMixin, admin.ModelAdmin):
             self.message_user(request, str(error), messages.ERROR)
         else:
             self.message_user(request, "Reply sent to the customer.", messages.SUCCESS)
+            if settings.REDIS_URL and (state := views.redis_state()) != "ok":
+                # Stored, and the customer's chat shows it with the history once it reconnects;
+                # an open widget cannot be reached now (no channel layer, no WebSocket).
+                self.message_user(
+                    request,
+                    f"Redis is {state}: the customer sees the reply when their chat reconnects, "
+                    "not live.",
+                    messages.WARNING,
+                )
 
     def reply_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         conversation = self._posted_conversation(request, object_id)

@@ -16,11 +16,11 @@ def _alive() -> dict:
     connection.ensure_connection()
     body = {"database": "ok", "index": selectors.live_index_version()}
     if settings.REDIS_URL:
-        body["channel_layer"] = _redis_state()
+        body["channel_layer"] = redis_state()
     return body
 
 
-def _redis_state() -> str:
+def redis_state() -> str:
     """Whether Redis answers: without it no WebSocket opens (the channel layer) and no task
     reaches the worker."""
     import redis

@@ -243,3 +243,25 @@ def test_with_redis_down_an_admins_change_is_saved_and_reported_done(
     logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert any("Could not push message" in line for line in logged)
     assert any("Could not hand the answer-index rebuild" in line for line in logged)
+
+
+def test_a_staff_reply_with_redis_down_is_stored_and_the_admin_told_it_is_not_live(
+    admin_client, knowledge_base, settings
+) -> None:
+    # given: a conversation waiting for a person, and this machine's Redis
+    conversation = Conversation.objects.create(status=Conversation.Status.NEEDS_HUMAN)
+    page = f"/admin/chatbot/conversation/{conversation.pk}/reply/"
+    settings.REDIS_URL = "redis://127.0.0.1:6379/0"
+    live = admin_client.post(page, {"staff_reply": "Hello?"}, follow=True).content.decode()
+
+    # when: Redis stops answering (a port where none listens)
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    down = admin_client.post(page, {"staff_reply": "Still there?"}, follow=True).content.decode()
+
+    # then: both stored; only the second reply is reported as not live
+    texts = Message.objects.filter(conversation=conversation, role="agent").values_list(
+        "text", flat=True
+    )
+    assert list(texts.order_by("pk")) == ["Hello?", "Still there?"]
+    assert "Reply sent" in live and "not live" not in live
+    assert "Reply sent" in down and "when their chat reconnects, not live" in down
