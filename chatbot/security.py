@@ -1,10 +1,17 @@
 """Which web pages may open a chat WebSocket."""
 
+import logging
 from urllib.parse import urlsplit
 
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
+
+logger = logging.getLogger(__name__)
+
+# Origins refused so far: each is logged once per process, not at every reconnect of its widgets.
+_refused: set[str] = set()
+_REFUSED_REMEMBERED = 1000
 
 
 def _header(scope, name: bytes) -> str:
@@ -49,6 +56,22 @@ class WidgetOriginValidator:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "websocket":
             raise ValueError("WidgetOriginValidator guards WebSocket connections only.")
-        if origin_allowed(_header(scope, b"origin"), _header(scope, b"host")):
+        origin, host = _header(scope, b"origin"), _header(scope, b"host")
+        if origin_allowed(origin, host):
             return await self.application(scope, receive, send)
+        _log_refused(origin, host)
         return await WebsocketDenier()(scope, receive, send)
+
+
+def _log_refused(origin: str, host: str) -> None:
+    """An operator who embeds the widget on a site they forgot to list sees a chat that stays
+    "Offline" (a browser does not tell a page why its WebSocket failed): the log says."""
+    if origin in _refused or len(_refused) >= _REFUSED_REMEMBERED:
+        return
+    _refused.add(origin)
+    logger.warning(
+        "Refused a chat WebSocket from the page origin %r (server reached as %r): to let that "
+        "site embed the widget, add the origin to CHATBOT_WIDGET_ORIGINS.",
+        origin or "(none)",
+        host,
+    )

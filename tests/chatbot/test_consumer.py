@@ -329,6 +329,27 @@ async def test_a_site_listed_in_widget_origins_can_embed_the_chat(settings) -> N
     await allowed.disconnect()
 
 
+async def test_a_refused_origin_is_logged_once_with_the_setting_that_allows_it(
+    settings, caplog, monkeypatch
+) -> None:
+    # given: a site the operator has not listed, whose widget reconnects
+    settings.CHATBOT_WIDGET_ORIGINS = ["https://shop.example"]
+    monkeypatch.setattr("chatbot.security._refused", set())
+    app = WidgetOriginValidator(URLRouter(websocket_urlpatterns))
+
+    # when
+    for _ in range(3):
+        denied = WebsocketCommunicator(
+            app, "/ws/chat/", headers=[(b"origin", b"https://forgotten.example")]
+        )
+        assert not (await denied.connect(timeout=10))[0]
+
+    # then: one warning, naming the origin and the setting
+    refused = [r.getMessage() for r in caplog.records if r.name == "chatbot.security"]
+    assert len(refused) == 1
+    assert "'https://forgotten.example'" in refused[0] and "CHATBOT_WIDGET_ORIGINS" in refused[0]
+
+
 @pytest.mark.parametrize(
     ("origin", "host", "allowed"),
     [
