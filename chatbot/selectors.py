@@ -53,13 +53,22 @@ class TurnContext:
     offered: dict[str, str] = field(default_factory=dict)
 
 
-def turn_context(*, message: Message, lookback: int = 10) -> TurnContext:
+def turn_context(*, message: Message, lookback: int | None = None) -> TurnContext:
     return turn_contexts(messages=[message], lookback=lookback)[message.pk]
 
 
-def turn_contexts(*, messages: Sequence[Message], lookback: int = 10) -> dict[int, TurnContext]:
+def _lookback() -> int:
+    """How many of a conversation's latest replies to read: enough to count the failures in a
+    row that hand it off (CHATBOT_HANDOFF_AFTER_FAILURES)."""
+    return max(10, settings.CHATBOT_HANDOFF_AFTER_FAILURES)
+
+
+def turn_contexts(
+    *, messages: Sequence[Message], lookback: int | None = None
+) -> dict[int, TurnContext]:
     """`turn_context` of each of many messages (by primary key), in one query for them all:
-    each conversation's status beside its latest bot replies (ranked by a window function).
+    each conversation's status beside its latest replies to the customer, the bot's, a
+    person's and the system's (ranked by a window function).
 
     Written in SQL because the ORM spent about 2 ms of a server's CPU building this query,
     several times what it takes to run (the chat calls it for every batch of messages).
@@ -72,17 +81,25 @@ def turn_contexts(*, messages: Sequence[Message], lookback: int = 10) -> dict[in
         conversations=", ".join(["%s"] * len(conversations)),
         replies_to=", ".join(["%s"] * len(replies_to)),
     )
-    params = [Message.Role.BOT, *conversations, *replies_to, lookback, *conversations]
+    params = [
+        Message.Role.BOT,
+        Message.Role.AGENT,
+        Message.Role.SYSTEM,
+        *conversations,
+        *replies_to,
+        lookback or _lookback(),
+        *conversations,
+    ]
     top_k = Message._meta.get_field("top_k")
     statuses: dict[int, str] = {}
     earlier: dict[int, list[tuple[str, list]]] = defaultdict(list)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        for conversation_id, status, decision, offered in cursor.fetchall():
+        for conversation_id, status, role, decision, offered in cursor.fetchall():
             statuses[conversation_id] = status
-            if decision is not None:
+            if role is not None:
                 earlier[conversation_id].append(
-                    (decision, top_k.from_db_value(offered, None, connection))
+                    (role, decision, top_k.from_db_value(offered, None, connection))
                 )
     return {
         m.pk: _turn_context(statuses[m.conversation_id], earlier[m.conversation_id])
@@ -103,10 +120,11 @@ def _turn_contexts_sql() -> str:
     }
     in_reply_to = quote(message.get_field("in_reply_to").column)
     return f"""
-        SELECT c.{c["id"]}, c.{c["status"]}, r.decision, r.top_k
+        SELECT c.{c["id"]}, c.{c["status"]}, r.role, r.decision, r.top_k
         FROM {quote(conversation.db_table)} c
         LEFT JOIN (
             SELECT m.{m["conversation"]} AS conversation_id,
+                   m.{m["role"]} AS role,
                    m.{m["decision"]} AS decision,
                    m.{m["top_k"]} AS top_k,
                    ROW_NUMBER() OVER (
@@ -114,7 +132,7 @@ def _turn_contexts_sql() -> str:
                        ORDER BY m.{m["created_at"]} DESC, m.{m["id"]} DESC
                    ) AS newest
             FROM {quote(message.db_table)} m
-            WHERE m.{m["role"]} = %s
+            WHERE m.{m["role"]} IN (%s, %s, %s)
               AND m.{m["conversation"]} IN ({{conversations}})
               AND (m.{in_reply_to} IS NULL OR m.{in_reply_to} NOT IN ({{replies_to}}))
         ) r ON r.conversation_id = c.{c["id"]} AND r.newest <= %s
@@ -123,16 +141,18 @@ def _turn_contexts_sql() -> str:
     """
 
 
-def _turn_context(status: str, earlier: list[tuple[str, list]]) -> TurnContext:
-    """The context from a conversation's status and its latest bot replies, newest first."""
+def _turn_context(status: str, earlier: list[tuple[str, str, list]]) -> TurnContext:
+    """The context from a conversation's status and its latest replies to the customer
+    (role, decision, top_k), newest first. A person's reply or a system note (a hand-back)
+    ends the bot's run of failures, and any question it asked."""
     failures = 0
-    for decision, _ in earlier:
-        if decision not in FAILED_DECISIONS:
+    for role, decision, _ in earlier:
+        if role != Message.Role.BOT or decision not in FAILED_DECISIONS:
             break
         failures += 1
     offered = {}
-    if earlier and earlier[0][0] == Message.Decision.CLARIFY:
-        offered = {a["label"].lower(): a["intent"] for a in earlier[0][1] if a.get("label")}
+    if earlier and earlier[0][:2] == (Message.Role.BOT, Message.Decision.CLARIFY):
+        offered = {a["label"].lower(): a["intent"] for a in earlier[0][2] if a.get("label")}
     return TurnContext(status=status, failures_in_a_row=failures, offered=offered)
 
 
