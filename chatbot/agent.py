@@ -136,8 +136,10 @@ class Agent:
             raise AgentUnavailable("No answer index is live; run `manage.py prepare_model`.")
         if analysis.prediction is not None:
             ranked = [IntentScore(i, round(p, 4)) for i, p in analysis.prediction.top_k]
+            confidence = analysis.prediction.confidence  # decided on unrounded, as in training
         else:
             ranked = rank_intents(analysis.example_hits)
+            confidence = ranked[0].score
         # What the out-of-scope check reads: the similarity to the model's training examples in
         # its own space; without a model, the nearest example's by the base encoder.
         similarity = (
@@ -149,15 +151,34 @@ class Agent:
         oos_similarity = (
             analysis.prediction.oos_similarity if analysis.prediction is not None else None
         )
+        # The intents the knowledge base holds now: the model may have learnt others since
+        # deactivated (or deleted), which the bot must neither answer nor offer.
+        known = index.examples.ids_by_intent
+        # Offered only when the knowledge base can hand off (it has the intent's examples).
+        talk_to_person = (
+            ((self.handoff_intent, TALK_TO_PERSON_LABEL),) if self.handoff_intent in known else ()
+        )
         if chosen_intent:
             decision, intent = ANSWER, chosen_intent
         else:
-            decision = analysis.policy.decide(ranked[0].score, similarity, oos_similarity)
+            decision = analysis.policy.decide(confidence, similarity, oos_similarity)
             intent = ranked[0].intent
+            if intent not in known:
+                decision = OUT_OF_SCOPE
         vector = analysis.vector[None, :]
         policy_started = time.perf_counter()
         template = None
         choices: tuple[tuple[str, str], ...] = ()
+        if decision == CLARIFY:
+            choices = self._choices(
+                index, vector, [r.intent for r in ranked[:3] if r.intent in known]
+            )
+            if len(choices) < 2 and self.handoff_intent not in dict(choices):
+                # The others are no longer known: the choice is this one or a person, else
+                # there is nothing to choose and the one known intent is answered.
+                choices += talk_to_person
+            if len(choices) < 2:
+                decision = ANSWER
         if decision == ANSWER:
             templates = index.search_templates(vector, 1, intent=intent)[0]
             if not templates:
@@ -169,12 +190,9 @@ class Agent:
                 # A person answers next: no quick reply would reach the bot.
                 decision, suggestions = HANDOFF, ()
         elif decision == CLARIFY:
-            choices = self._choices(index, vector, [r.intent for r in ranked[:3]])
             reply_text, suggestions = CLARIFY_TEXT, tuple(label for _, label in choices)
         else:
-            # Offered only when the knowledge base can hand off (it has the intent's examples).
-            can_hand_off = self.handoff_intent in index.examples.ids_by_intent
-            choices = ((self.handoff_intent, TALK_TO_PERSON_LABEL),) if can_hand_off else ()
+            choices = talk_to_person
             reply_text, suggestions = OUT_OF_SCOPE_TEXT, tuple(label for _, label in choices)
         return AgentReply(
             text=reply_text,
@@ -204,13 +222,27 @@ class Agent:
 
     @staticmethod
     def _choices(index, vector, intents: list[str]) -> tuple[tuple[str, str], ...]:
-        """For each intent, its known phrasing closest to the message, as a quick reply."""
-        choices = []
+        """For each intent, a quick reply: its phrasing closest to the message among those the
+        company wrote (never another customer's words), else its name; each label once, since
+        the label the customer picks names the intent."""
+        choices: list[tuple[str, str]] = []
         for intent in intents:
-            hits = index.search_examples(vector, 1, intent=intent)[0]
-            if hits:
-                choices.append((intent, hits[0].text))
+            hits = index.search_examples(vector, CHOICE_CANDIDATES, intent=intent)[0]
+            labels = [hit.text for hit in hits if hit.public] + [intent_label(intent)]
+            taken = {label.lower() for _, label in choices}
+            label = next((label for label in labels if label.lower() not in taken), None)
+            if label is not None:
+                choices.append((intent, label))
         return tuple(choices)
+
+
+# How many of an intent's nearest examples a clarifying question looks through for a label.
+CHOICE_CANDIDATES = 8
+
+
+def intent_label(intent: str) -> str:
+    """An intent's name as a quick reply: "card_arrival" -> "Card arrival"."""
+    return intent.replace("_", " ").strip().capitalize()
 
 
 def handoff_after_failures(reply: AgentReply) -> AgentReply:

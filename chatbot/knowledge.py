@@ -70,10 +70,12 @@ def knowledge_base_load(*, path: Path = DEMO_KNOWLEDGE_BASE) -> LoadReport:
 
 def _entries() -> tuple[list[Entry], list[Entry]]:
     examples = [
-        Entry(id=pk, text=text, intent=intent)
-        for pk, text, intent in IntentExample.objects.filter(intent__active=True)
+        # Only the examples a company wrote may be offered to customers as quick replies; one
+        # learnt from a review is a customer's own words (an order number, an address...).
+        Entry(id=pk, text=text, intent=intent, public=source == IntentExample.Source.CURATED)
+        for pk, text, intent, source in IntentExample.objects.filter(intent__active=True)
         .order_by("pk")
-        .values_list("pk", "text", "intent__name")
+        .values_list("pk", "text", "intent__name", "source")
     ]
     templates = [
         Entry(id=pk, text=text, intent=intent, suggestions=tuple(suggestions or ()))

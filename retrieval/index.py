@@ -25,6 +25,9 @@ class Entry:
     text: str
     intent: str
     suggestions: tuple[str, ...] = ()
+    # Whether the text may be shown to any customer (as a quick reply); False for a customer's
+    # own words, learnt from a review.
+    public: bool = True
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class Hit:
     intent: str
     text: str
     suggestions: tuple[str, ...] = ()
+    public: bool = True
 
 
 # Below this many vectors an exact (flat) search is fast enough and never misses; above it,
@@ -126,7 +130,16 @@ class _Table:
             if entry_id < 0:  # FAISS found fewer than k
                 continue
             entry = self.entries[int(entry_id)]
-            hits.append(Hit(entry.id, float(score), entry.intent, entry.text, entry.suggestions))
+            hits.append(
+                Hit(
+                    entry.id,
+                    float(score),
+                    entry.intent,
+                    entry.text,
+                    entry.suggestions,
+                    entry.public,
+                )
+            )
         return hits
 
 
@@ -247,14 +260,16 @@ class KnowledgeIndex:
             "examples": [asdict(e) for e in self.examples.entries.values()],
             "templates": [asdict(e) for e in self.templates.entries.values()],
         }
-        (directory / "index.json").write_text(json.dumps(sidecar, ensure_ascii=False))
+        (directory / "index.json").write_text(
+            json.dumps(sidecar, ensure_ascii=False), encoding="utf-8"
+        )
 
     @classmethod
     def load(cls, directory: str | Path) -> KnowledgeIndex:
         import faiss
 
         directory = Path(directory)
-        sidecar = json.loads((directory / "index.json").read_text())
+        sidecar = json.loads((directory / "index.json").read_text(encoding="utf-8"))
         info = {**sidecar["info"], "version": directory.name}
 
         def read(name: str, rows: list[dict]):

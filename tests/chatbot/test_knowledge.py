@@ -75,3 +75,27 @@ def test_index_is_rebuilt_when_a_template_changes_and_kept_when_nothing_did(
     index = get_runtime().index()
     assert index.version == version
     assert index.templates.entries[template.pk].text == template.text
+
+
+def test_a_customers_message_learnt_from_a_review_is_indexed_as_not_to_be_shown(
+    knowledge_base: str,
+) -> None:
+    # given: a customer's message relabelled into an intent in the review queue
+    from chatbot import learning
+    from chatbot.models import Conversation, Message
+
+    intent = Intent.objects.get(name="order_status")
+    words = "order 88123 for Jane Doe never came"
+    message = Message.objects.create(
+        conversation=Conversation.objects.create(), role="customer", text=words
+    )
+    learning.review_apply(message_ids=[message.pk], verdict="relabelled", intent=intent)
+
+    # when
+    answer_index_build()
+
+    # then: indexed (the model and the retriever learn from it), but never a quick reply
+    entries = get_runtime().index().examples.entries.values()
+    shown = {e.text: e.public for e in entries if e.intent == "order_status"}
+    assert shown.pop(words) is False
+    assert shown and all(shown.values())

@@ -150,3 +150,31 @@ def test_large_indexes_switch_to_an_approximate_graph_that_still_finds_neighbour
         # exact within the intent: the 3 best inner products among its entries, best first
         best = sorted(range(1, len(texts), 4), key=lambda i: -float(table[0] @ table[i]))[:3]
         assert [h.id for h in filtered] == [1000 + i for i in best]
+
+
+def test_the_sidecar_is_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    # given: a knowledge base in French, saved and loaded by a process in the C locale
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, numpy as np\n"
+        "from retrieval.index import Entry, KnowledgeIndex\n"
+        "index = KnowledgeIndex.build(examples=[Entry(1, 'o\\u00f9 est mon colis ?', 'o')],"
+        " templates=[Entry(2, '\\u00ab Mes commandes \\u00bb \\U0001F4E6', 'o')],"
+        " encode=lambda t: np.full((len(t), 4), 0.5, np.float32), encoder_name='x', dim=4)\n"
+        "index.save(sys.argv[1])\n"
+        "print(KnowledgeIndex.load(sys.argv[1]).templates.entries[2].text.encode('unicode_escape'))"
+    )
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"}
+    env["PYTHONCOERCECLOCALE"] = "0"
+
+    # when
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True
+    )
+
+    # then
+    assert done.returncode == 0, done.stderr[-600:]
+    assert "\\\\xab Mes commandes \\\\xbb \\\\U0001f4e6" in done.stdout
