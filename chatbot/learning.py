@@ -76,7 +76,7 @@ def review_apply(
             intent, _ = Intent.objects.get_or_create(name=intent_name(new_intent))
         if intent is None:
             raise ReviewError("Choose an intent, or type the name of a new one, to relabel.")
-    reviewed = 0
+    reviewed = removed = 0
     messages = Message.objects.filter(pk__in=list(message_ids), role=Message.Role.CUSTOMER)
     for message in messages.select_related("reply__intent"):
         label = intent
@@ -88,7 +88,7 @@ def review_apply(
         elif verdict != Message.Review.RELABELLED:
             label = None
         with transaction.atomic():
-            _examples_release(message)
+            removed += _examples_release(message)
             if label is not None:
                 example, created = IntentExample.objects.get_or_create(
                     intent=label,
@@ -104,17 +104,20 @@ def review_apply(
             message.reviewed_by = user if user is not None and user.is_authenticated else None
             message.save(update_fields=["review", "reviewed_intent", "reviewed_at", "reviewed_by"])
         reviewed += 1
-    if reviewed and verdict in (Message.Review.CONFIRMED, Message.Review.RELABELLED):
+    if removed or (reviewed and verdict in (Message.Review.CONFIRMED, Message.Review.RELABELLED)):
         from chatbot.knowledge import answer_index_rebuild_schedule
 
-        answer_index_rebuild_schedule()  # the retriever knows the new phrasings at once
+        # The retriever knows the new phrasings at once, and forgets those a verdict undid.
+        answer_index_rebuild_schedule()
     return reviewed
 
 
-def _examples_release(message: Message) -> None:
-    """Undo what an earlier verdict on `message` added to the examples. An example that a
-    review created goes, unless another reviewed message says the same (it then points to that
-    one); one the knowledge base had already (curated, imported) only forgets the message."""
+def _examples_release(message: Message) -> int:
+    """Undo what an earlier verdict on `message` added to the examples; returns how many
+    examples went. An example that a review created goes, unless another reviewed message says
+    the same (it then points to that one); one the knowledge base had already (curated,
+    imported) only forgets the message."""
+    deleted = 0
     for example in IntentExample.objects.filter(message=message):
         same = (
             Message.objects.filter(
@@ -128,9 +131,11 @@ def _examples_release(message: Message) -> None:
         )
         if example.source == IntentExample.Source.REVIEWED and same is None:
             example.delete()
+            deleted += 1
         else:
             example.message = same
             example.save(update_fields=["message"])
+    return deleted
 
 
 # --- Datasets -------------------------------------------------------------------------------

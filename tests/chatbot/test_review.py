@@ -293,3 +293,35 @@ def test_alike_unmatched_messages_are_grouped_as_candidate_new_intents(
     examples = IntentExample.objects.filter(intent__name="buy_crypto")
     assert set(examples.values_list("text", flat=True)) == set(crypto)
     assert [len(g.message_ids) for g in selectors.candidate_intents()] == [3]
+
+
+def test_a_verdict_that_undoes_an_example_takes_it_out_of_the_answer_index(
+    knowledge_base: str,
+) -> None:
+    # given: a message relabelled into an intent, its text in the live index (Celery in-process)
+    from chatbot.celery import app
+    from chatbot.runtime import get_runtime
+
+    words = "what is the weather like in Paris"
+    message = Message.objects.create(
+        conversation=Conversation.objects.create(), role="customer", text=words
+    )
+    app.conf.task_always_eager = True
+    try:
+        review_apply(
+            message_ids=[message.pk],
+            verdict="relabelled",
+            intent=Intent.objects.get(name="order_status"),
+        )
+        learnt = get_runtime().index()
+
+        # when: the reviewer corrects it to out of scope
+        review_apply(message_ids=[message.pk], verdict="out_of_scope")
+    finally:
+        app.conf.task_always_eager = False
+
+    # then: gone from the examples, and from what the chat searches
+    indexed = {e.text for e in learnt.examples.entries.values()}
+    assert words in indexed
+    assert not IntentExample.objects.filter(text=words).exists()
+    assert words not in {e.text for e in get_runtime().index().examples.entries.values()}
