@@ -99,6 +99,16 @@ def answer_index_build(*, force: bool = False) -> str:
     with store.lock():
         examples, templates = _entries()
         if not examples or not templates:
+            if store.live() is not None:
+                # The last template deleted, every intent deactivated: the chat must not go on
+                # answering from what is no longer there. Without an index it answers nothing
+                # (each message gets an error) and /healthz says so.
+                store.clear_live()
+                logger.error(
+                    "The knowledge base has no active %s left: the answer index is withdrawn "
+                    "and the chat answers nothing until there are.",
+                    "intent examples" if not examples else "answer templates",
+                )
             raise KnowledgeBaseError("Nothing to index: load a knowledge base first.")
         live = store.live()
         previous = KnowledgeIndex.load(store.path(live)) if live else None

@@ -105,8 +105,9 @@ class Runtime:
 
     def index(self) -> KnowledgeIndex | None:
         """The live answer index, reloaded when a new version has been published."""
-        live = self.indexes.live()
         with self._lock:
+            # Read under the lock: a thread that read an older pointer must not reinstall it.
+            live = self.indexes.live()
             if live is None:
                 self._index = None
             elif self._index is None or self._index.version != live:
@@ -121,8 +122,8 @@ class Runtime:
         answering, then takes over at the next batch: no message waits for a model to load.
         Only the first model (or after the live pointer is cleared) loads in line.
         """
-        live = self.models.live()
         with self._lock:
+            live = self.models.live()  # under the lock, as in index()
             # (live may be None: then no version is loading, and the model must go.)
             if live == self._classifier_version or (
                 live is not None and live in (self._loading, self._unloadable)
@@ -147,11 +148,13 @@ class Runtime:
             # Embedded here, in the background, so that no batch waits for it.
             self.model_space_index(index, classifier, version)
         with self._lock:
-            self._loading = None
+            if self._loading == version:  # not a later promotion's load, still running
+                self._loading = None
             if classifier is None:
                 self._unloadable = version  # keep serving the model we have
-            else:
+            elif self.models.live() == version:
                 self._classifier, self._classifier_version = classifier, version
+            # else: no longer live (rolled back, or another promoted meanwhile): dropped.
 
     def watch(self, every_s: float) -> None:
         """Check the live pointers every `every_s` seconds, so an idle process swaps too."""

@@ -99,3 +99,22 @@ def test_a_customers_message_learnt_from_a_review_is_indexed_as_not_to_be_shown(
     shown = {e.text: e.public for e in entries if e.intent == "order_status"}
     assert shown.pop(words) is False
     assert shown and all(shown.values())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deleting_the_last_template_withdraws_the_index_instead_of_serving_it() -> None:
+    # given: a one-intent knowledge base, live
+    intent = Intent.objects.create(name="opening_hours")
+    IntentExample.objects.create(intent=intent, text="when are you open")
+    template = AnswerTemplate.objects.create(intent=intent, text="We open 9 to 5 (old hours).")
+    answer_index_build()
+    assert get_runtime().index() is not None
+
+    # when: the admin deletes its only template
+    template.delete()
+    with pytest.raises(KnowledgeBaseError):
+        answer_index_build()
+
+    # then: the chat no longer answers with the deleted text: it has no index at all
+    assert get_runtime().indexes.live() is None
+    assert get_runtime().index() is None

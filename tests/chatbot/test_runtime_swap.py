@@ -1,0 +1,87 @@
+"""Which model a serving process answers with while promotions and rollbacks follow each other
+faster than a model loads. The loads are stand-ins held at a gate, so that each interleaving
+happens every time; everything else is the runtime's own."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import pytest
+
+from chatbot.runtime import Runtime
+
+
+class Loaded:
+    def __init__(self, version: str) -> None:
+        self.version = version
+
+
+@pytest.fixture
+def runtime(tmp_path):
+    runtime = Runtime(base_model="unused", data_dir=tmp_path, max_batch=1, max_wait_ms=1)
+    for version in ("v1", "v2", "v3"):
+        runtime.models.path(version).mkdir(parents=True)
+    runtime.index = lambda: None  # no answer index: a swap only loads the model
+    gates = {v: threading.Event() for v in ("v1", "v2", "v3")}
+    gates["v1"].set()
+    loads: Counter = Counter()
+
+    def load(version: str) -> Loaded:
+        loads[version] += 1
+        assert gates[version].wait(10)
+        return Loaded(version)
+
+    runtime._load_classifier = load
+    runtime.gates, runtime.loads = gates, loads
+    runtime.models.set_live("v1")
+    assert runtime.classifier()[1] == "v1"  # the first model loads in line
+    return runtime
+
+
+def _swaps_finish() -> None:
+    for thread in threading.enumerate():
+        if thread.name == "model-swap":
+            thread.join(10)
+
+
+def test_a_rollback_while_the_new_version_loads_keeps_the_live_one(runtime) -> None:
+    # given: v2 promoted, loading in the background while v1 answers
+    runtime.models.set_live("v2")
+    assert runtime.classifier()[1] == "v1"
+
+    # when: rolled back to v1 before v2 has loaded
+    runtime.models.set_live("v1")
+    assert runtime.classifier()[1] == "v1"
+    runtime.gates["v2"].set()
+    _swaps_finish()
+
+    # then: v2's late load is dropped, and v1 is not loaded again
+    assert runtime.classifier()[1] == "v1"
+    assert runtime.loads == {"v1": 1, "v2": 1}
+
+
+def _swap_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "model-swap"}
+
+
+def test_two_promotions_in_a_row_load_each_version_once(runtime) -> None:
+    # given: v2 promoted and loading, then v3 promoted while v2 still loads
+    runtime.models.set_live("v2")
+    runtime.classifier()
+    loading_v2 = _swap_threads()
+    runtime.models.set_live("v3")
+    runtime.classifier()
+
+    # when: v2 finishes first, and batches keep asking which model to use
+    runtime.gates["v2"].set()
+    for thread in loading_v2:
+        thread.join(10)
+    served = [runtime.classifier()[1] for _ in range(3)]
+    runtime.gates["v3"].set()
+    _swaps_finish()
+
+    # then: v2, no longer live, never answered; v3 loaded once
+    assert served == ["v1", "v1", "v1"]
+    assert runtime.classifier()[1] == "v3"
+    assert runtime.loads == {"v1": 1, "v2": 1, "v3": 1}
