@@ -231,11 +231,12 @@ class IntentClassifier:
         oos = self._oos_similarity(vectors)
         k = min(k, len(self.labels))
         predictions = []
-        for i, (row, sim) in enumerate(zip(probs, similarity, strict=True)):
+        for i, row in enumerate(probs):
             best = np.argsort(-row)[:k]
             top = tuple((self.labels[j], float(row[j])) for j in best)
+            sim = None if similarity is None else float(similarity[i])
             near_oos = None if oos is None else float(oos[i])
-            predictions.append(Prediction(top[0][0], top[0][1], top, float(sim), near_oos))
+            predictions.append(Prediction(top[0][0], top[0][1], top, sim, near_oos))
         return predictions, vectors
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -248,15 +249,19 @@ class IntentClassifier:
     def dim(self) -> int:
         return int(self.model.head.in_features)
 
-    def _similarity(self, embeddings: np.ndarray) -> np.ndarray:
+    def _similarity(self, embeddings: np.ndarray) -> np.ndarray | None:
         """Mean cosine similarity of unit-length embeddings to their 5 nearest training
-        examples."""
+        examples; None for a version saved before models kept their examples' embeddings
+        (its policy has no out-of-scope threshold to read it with)."""
         import faiss
 
         from training.train import NEIGHBOURS_FILE, NEIGHBOURS_K
 
         if self._neighbours is None:
-            neighbours = np.load(self.path / NEIGHBOURS_FILE).astype(np.float32)
+            path = None if self.path is None else self.path / NEIGHBOURS_FILE
+            if path is None or not path.exists():
+                return None
+            neighbours = np.load(path).astype(np.float32)
             faiss.normalize_L2(neighbours)
             index = faiss.IndexFlatIP(neighbours.shape[1])
             index.add(neighbours)

@@ -72,9 +72,13 @@ class Policy:
         return score
 
     def decide(
-        self, confidence: float, similarity: float, oos_similarity: float | None = None
+        self, confidence: float, similarity: float | None, oos_similarity: float | None = None
     ) -> str:
-        if self.in_scope_score(confidence, similarity, oos_similarity) < self.oos_threshold:
+        """`similarity` None: not measured (a model saved before it was), so never declined."""
+        if (
+            similarity is not None
+            and self.in_scope_score(confidence, similarity, oos_similarity) < self.oos_threshold
+        ):
             return OUT_OF_SCOPE
         if confidence >= self.answer:
             return ANSWER

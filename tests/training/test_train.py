@@ -317,3 +317,26 @@ def test_search_space_starts_with_the_given_config_and_varies_lora_rank() -> Non
     assert {c.lr for c in full} >= {5e-5, 8e-5, 1.2e-4}
     assert {c.lora_rank for c in lora} == {8, 16, 32}
     assert len(set(map(repr, lora))) == len(lora)
+
+
+def test_a_version_saved_before_models_kept_their_neighbours_still_answers(
+    split, tiny_bert: str, tmp_path: Path
+) -> None:
+    # given: a model as the first policy saved it: no neighbours.npy, the old thresholds
+    from training.train import NEIGHBOURS_FILE
+
+    train_set, val_set = split
+    train_to_directory(quick(base_model=tiny_bert), train_set, val_set, tmp_path / "old")
+    (tmp_path / "old" / NEIGHBOURS_FILE).unlink()
+    thresholds_file = tmp_path / "old" / "thresholds.json"
+    thresholds = json.loads(thresholds_file.read_text())
+    thresholds["policy"] = {"answer": 0.5, "oos_confidence": 0.3, "oos_similarity": 0.6}
+    thresholds_file.write_text(json.dumps(thresholds))
+
+    # when: rolled back to, it reads a message
+    classifier = IntentClassifier.from_dir(tmp_path / "old")
+    decision = classifier.decide(["where is my card"])[0]
+
+    # then: it answers or clarifies (it never declines), with no similarity to report
+    assert decision.decision in ("answer", "clarify")
+    assert decision.prediction.similarity is None
