@@ -41,6 +41,28 @@ def test_loading_twice_adds_nothing_the_second_time() -> None:
 
 
 @pytest.mark.django_db
+def test_a_restart_does_not_bring_back_a_template_an_admin_reworded() -> None:
+    # given: the demo loaded at a first start, then a template reworded in Django admin
+    call_command("load_knowledge_base", "--if-empty")
+    template = AnswerTemplate.objects.filter(intent__name="opening_hours").first()
+    first_wording = template.text
+    template.text = "We are open Monday to Friday, 09:00 to 17:00 only."
+    template.save()
+    counts = (IntentExample.objects.count(), AnswerTemplate.objects.count())
+
+    # when: the product starts again
+    call_command("load_knowledge_base", "--if-empty")
+
+    # then: the admin's wording stands alone
+    texts = set(
+        AnswerTemplate.objects.filter(intent__name="opening_hours").values_list("text", flat=True)
+    )
+    assert "We are open Monday to Friday, 09:00 to 17:00 only." in texts
+    assert first_wording not in texts
+    assert counts == (IntentExample.objects.count(), AnswerTemplate.objects.count())
+
+
+@pytest.mark.django_db
 def test_a_malformed_file_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "kb.json"
     path.write_text(json.dumps({"intents": [{"examples": ["hi"]}]}))
