@@ -312,8 +312,10 @@ def model_train(
     return model_version
 
 
-def model_promote(*, model_version: ModelVersion) -> None:
+def model_promote(*, model_version: ModelVersion, rollback: bool = False) -> None:
     """Make a version live: in the database, then (after commit) for every serving process.
+    A rollback keeps the version's promotion time, so that rolling back again goes further
+    back, never forth to the version just rolled back from.
 
     ReviewError if its directory is not a model in the store (a row added by hand, files
     deleted since): every process would drop its model for nothing.
@@ -323,14 +325,24 @@ def model_promote(*, model_version: ModelVersion) -> None:
         raise ReviewError(
             f"{model_version} has no model in the store ({directory}); it cannot be made live."
         )
-    now = timezone.now()
     with transaction.atomic():
+        current = ModelVersion.objects.select_for_update().filter(is_live=True).first()
+        if rollback or (current is not None and current.pk == model_version.pk):
+            # Back to where it was in the history (or live already): nothing to record.
+            promoted_at = model_version.promoted_at or timezone.now()
+            replaced = model_version.replaced_id
+        else:
+            promoted_at = timezone.now()
+            replaced = current.pk if current is not None else None
         ModelVersion.objects.filter(is_live=True).exclude(pk=model_version.pk).update(is_live=False)
-        ModelVersion.objects.filter(pk=model_version.pk).update(is_live=True, promoted_at=now)
+        ModelVersion.objects.filter(pk=model_version.pk).update(
+            is_live=True, promoted_at=promoted_at, replaced_id=replaced
+        )
         name = Path(model_version.directory).name
         transaction.on_commit(lambda: get_runtime().models.set_live(name))
     model_version.is_live = True
-    model_version.promoted_at = now
+    model_version.promoted_at = promoted_at
+    model_version.replaced_id = replaced
 
 
 def _in_model_store(directory: Path) -> bool:
@@ -339,7 +351,10 @@ def _in_model_store(directory: Path) -> bool:
 
 
 def _rollback_target(live: ModelVersion) -> ModelVersion | None:
-    """The version that was live before `live`."""
+    """The version that was live before `live` was promoted (by promotion time for versions
+    promoted before that was recorded)."""
+    if live.replaced_id is not None:
+        return ModelVersion.objects.filter(pk=live.replaced_id).first()
     if live.promoted_at is None:
         return None
     return (
@@ -376,8 +391,8 @@ def model_rollback() -> ModelVersion:
         raise ReviewError("No model is live, so there is nothing to roll back.")
     previous = _rollback_target(live)
     if previous is None:
-        raise ReviewError(f"{live} is the only version that was ever live.")
-    model_promote(model_version=previous)
+        raise ReviewError(f"No version was promoted before {live.name}: nothing to roll back to.")
+    model_promote(model_version=previous, rollback=True)
     return previous
 
 

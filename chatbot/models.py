@@ -101,7 +101,16 @@ class ModelVersion(models.Model):
     promoted_at = models.DateTimeField(
         null=True,
         blank=True,
-        help_text="When it last became live (rollback goes to the one before).",
+        help_text="When it was last promoted or made live by hand (a rollback does not change it).",
+    )
+    replaced = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The version that was live when this one was promoted: what a rollback "
+        "returns to.",
     )
 
     class Meta:
@@ -113,7 +122,11 @@ class ModelVersion(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"v{self.pk} {self.kind}{' (live)' if self.is_live else ''}"
+        return f"{self.name}{' (live)' if self.is_live else ''}"
+
+    @property
+    def name(self) -> str:
+        return f"v{self.pk} {self.kind}"
 
 
 class Message(models.Model):

@@ -15,6 +15,7 @@ from django.utils import timezone
 from chatbot.learning import (
     PromotionRule,
     model_files_prune,
+    model_promote,
     training_examples,
     training_run_execute,
     validation_split,
@@ -192,6 +193,67 @@ def test_a_failed_run_records_why_and_leaves_the_live_model_alone(
     assert ModelVersion.objects.count() == versions
     assert ModelVersion.objects.get(is_live=True) == placeholder_live
     assert get_runtime().models.live() == Path(placeholder_live.directory).name
+
+
+def test_rollbacks_walk_back_through_what_was_live_and_never_forth(
+    admin_client: Client, transactional_db, models_store
+) -> None:
+    # given: v1, v2 and v3 promoted in turn
+    versions = []
+    for name in ("hist-1", "hist-2", "hist-3"):
+        (models_store.root / name).mkdir(parents=True)
+        (models_store.root / name / "model.json").write_text("{}")
+        versions.append(
+            ModelVersion.objects.create(
+                directory=str(models_store.root / name), base_model="m", kind="full"
+            )
+        )
+    v1, v2, v3 = versions
+    for version in versions:
+        model_promote(model_version=version)
+    rollback = reverse("admin:chatbot_modelversion_rollback")
+
+    def live() -> ModelVersion:
+        return ModelVersion.objects.get(is_live=True)
+
+    # when: rolled back twice (say v3, then v2, proved bad), then once more
+    admin_client.post(rollback)
+    after_one = live()
+    admin_client.post(rollback)
+    after_two = live()
+    refused = admin_client.post(rollback, follow=True).content.decode()
+
+    # then: v2, then v1; never back to the version just rolled back from
+    assert (after_one, after_two, live()) == (v2, v1, v1)
+    assert "nothing to roll back to" in refused
+    assert models_store.live() == "hist-1"
+
+    # when: a new version is promoted over v1 after the rollbacks, and rolled back
+    model_promote(model_version=v3)
+    admin_client.post(rollback)
+
+    # then: back to v1, what was live before it, not v2 (promoted later than v1, but rolled back)
+    assert live() == v1
+
+
+def test_model_versions_cannot_be_deleted_from_admin(
+    admin_client: Client, transactional_db, models_store
+) -> None:
+    (models_store.root / "kept").mkdir(parents=True)
+    (models_store.root / "kept" / "model.json").write_text("{}")
+    version = ModelVersion.objects.create(
+        directory=str(models_store.root / "kept"), base_model="m", kind="full"
+    )
+    model_promote(model_version=version)
+
+    page = admin_client.post(
+        reverse("admin:chatbot_modelversion_changelist"),
+        {"action": "delete_selected", "_selected_action": [version.pk], "post": "yes"},
+    )
+    delete = admin_client.get(reverse("admin:chatbot_modelversion_delete", args=[version.pk]))
+
+    assert page.status_code in (200, 302) and delete.status_code == 403
+    assert ModelVersion.objects.filter(pk=version.pk, is_live=True).exists()
 
 
 def test_admin_rolls_back_to_the_previous_live_version_and_plots_versions(
