@@ -53,6 +53,9 @@
     quickReplies: "Suggested replies",
     conversation: "Conversation",
     handoff: "Connecting you to a member of our team…",
+    waiting: "A member of our team will reply here.",
+    tooLong: (over, max) => `${over} characters too long (the limit is ${max}).`,
+    charsLeft: (left) => `${left} characters left`,
     ended: "This conversation has ended. Send a message to start a new one.",
     error: "Something went wrong. Please try again.",
     sending: "Sending…",
@@ -371,10 +374,18 @@
       id: "nw-input",
       class: "input",
       rows: "1",
-      maxlength: String(MAX_CHARS),
+      // No maxlength: it would cut a pasted message silently. The length hint says instead.
       placeholder: TEXT.placeholder,
       autocomplete: "off",
+      "aria-describedby": "nw-length",
       "data-testid": "chat-input",
+    });
+    const lengthHint = el("p", {
+      id: "nw-length",
+      class: "length",
+      "aria-live": "polite",
+      "data-testid": "chat-length",
+      hidden: true,
     });
     const label = el("label", { class: "sr-only", for: "nw-input", text: TEXT.inputLabel });
     const sendButton = el("button", {
@@ -383,7 +394,7 @@
       "data-testid": "chat-send",
       text: TEXT.send,
     });
-    const form = el("form", { class: "composer", novalidate: true }, [label, input, sendButton]);
+    const form = el("form", { class: "composer", novalidate: true }, [label, input, sendButton, lengthHint]);
 
     const panel = el(
       "section",
@@ -403,7 +414,23 @@
     shadow.appendChild(stylesheet);
     shadow.appendChild(root);
 
-    return { host, shadow, stylesheet, root, launcher, badge, panel, closeButton, status, messages, typing, form, input };
+    return {
+      host,
+      shadow,
+      stylesheet,
+      root,
+      launcher,
+      badge,
+      panel,
+      closeButton,
+      status,
+      messages,
+      typing,
+      form,
+      input,
+      sendButton,
+      lengthHint,
+    };
   }
 
   const ui = buildUi();
@@ -415,6 +442,7 @@
   const state = {
     open: false,
     conversationStatus: "bot", // "bot" | "needs_human" | "closed"
+    maxChars: MAX_CHARS, // the server's limit on a message, once its history frame says it
     records: [], // rendered bubbles, in order
     byServerId: new Map(),
     byClientId: new Map(),
@@ -701,7 +729,10 @@
   function onHistory(frame) {
     conn.ready = true;
     // The server's limit on a message's length (CHATBOT_MAX_MESSAGE_CHARS).
-    if (Number.isInteger(frame.max_chars) && frame.max_chars > 0) ui.input.maxLength = frame.max_chars;
+    if (Number.isInteger(frame.max_chars) && frame.max_chars > 0) {
+      state.maxChars = frame.max_chars;
+      showLength();
+    }
     conn.attempts = 0; // a connection counts as successful once the server has spoken
     const closed = frame.status === "closed";
     state.conversationStatus = closed || frame.status === "needs_human" ? frame.status : "bot";
@@ -732,6 +763,11 @@
       renderLocalOnly();
       restoreQuickReplies();
       if (closed) renderMessage({ role: "system", text: TEXT.ended });
+      // Waiting for a person, and none has written since: say so again after a reload.
+      const lastAnswer = messages.filter((m) => m.role !== "customer").pop();
+      if (state.conversationStatus === "needs_human" && (!lastAnswer || lastAnswer.role !== "agent")) {
+        renderMessage({ role: "system", text: TEXT.waiting });
+      }
     });
 
     if (closed && readPending().length && conn.withConversation) restartConnection();
@@ -754,7 +790,13 @@
 
     keepScrolled(false, () => {
       removeQuickReplies();
-      const record = renderMessage({ role: "bot", text: frame.text, serverId: id, suggestions: frame.suggestions });
+      const record = renderMessage({
+        role: "bot",
+        text: frame.text,
+        serverId: id,
+        suggestions: frame.suggestions,
+        created: new Date().toISOString(), // as it arrives; the history gives the stored time
+      });
       showQuickReplies(record);
     });
     if (frame.handoff === true) {
@@ -1007,10 +1049,29 @@
     input.style.height = Math.min(input.scrollHeight, 132) + "px";
   }
 
+  /** Says how long the message may still be near the server's limit, and how much too long
+   * past it (when Send does nothing). Returns whether the text fits. */
+  function showLength() {
+    const length = ui.input.value.trim().length;
+    const max = state.maxChars;
+    const fits = length <= max;
+    const hint = ui.lengthHint;
+    hint.hidden = length < max * 0.9;
+    hint.textContent = fits ? TEXT.charsLeft(max - length) : TEXT.tooLong(length - max, max);
+    hint.classList.toggle("length--over", !fits);
+    ui.input.setAttribute("aria-invalid", fits ? "false" : "true");
+    return fits;
+  }
+
   function submitInput() {
+    if (!showLength()) {
+      ui.input.focus();
+      return; // nothing is cut or lost: the customer shortens it
+    }
     if (sendText(ui.input.value)) {
       ui.input.value = "";
       autoGrow();
+      showLength();
     }
     ui.input.focus();
   }
@@ -1036,7 +1097,10 @@
       submitInput();
     });
     ui.input.addEventListener("keydown", onInputKeydown);
-    ui.input.addEventListener("input", autoGrow);
+    ui.input.addEventListener("input", () => {
+      autoGrow();
+      showLength();
+    });
 
     window.addEventListener("online", reconnectNow);
     document.addEventListener("visibilitychange", () => {

@@ -204,6 +204,13 @@ def test_a_customer_asks_for_a_person_and_sees_the_admins_reply_live(
     conversation = first_reply(page, "I want to talk to a real person").conversation
     assert conversation.status == "needs_human"
 
+    # when: the customer reloads the page while waiting
+    page.reload()
+    page.get_by_test_id("chat-launcher").click()
+
+    # then: still told that a person will answer
+    expect(bubbles(page, "system").last).to_have_text("A member of our team will reply here.")
+
     # when: a support admin replies from Django admin, in another browser
     with support_admin(browser, daphne_server) as admin:
         admin.goto(f"{daphne_server.url}/admin/chatbot/conversation/{conversation.pk}/change/")
@@ -220,6 +227,41 @@ def test_a_customer_asks_for_a_person_and_sees_the_admins_reply_live(
         ["Hi, I'm Alex from the team. How can I help?", "Your refund is on its way."],
         timeout=REPLY_TIMEOUT_MS,
     )
+
+    # and after a reload, a person has answered: no note that one will
+    page.reload()
+    page.get_by_test_id("chat-launcher").click()
+    expect(bubbles(page, "agent")).to_have_count(2)
+    expect(bubbles(page, "system")).to_have_count(0)
+
+
+def test_a_message_over_the_limit_is_not_cut_and_not_sent_until_shortened(
+    page: Page, daphne_server: LiveServer, settings
+) -> None:
+    # given: the server's limit (its history frame tells the widget)
+    limit = settings.CHATBOT_MAX_MESSAGE_CHARS
+    open_widget(page, daphne_server)
+    field, hint = page.get_by_test_id("chat-input"), page.get_by_test_id("chat-length")
+
+    # when: a customer pastes a message 50 characters too long, and presses Send
+    field.fill("x" * (limit + 50))
+    page.get_by_test_id("chat-send").click()
+
+    # then: all of it is still there, nothing is sent, and the widget says why
+    expect(hint).to_have_text(f"50 characters too long (the limit is {limit}).")
+    assert len(field.input_value()) == limit + 50
+    expect(bubbles(page, "customer")).to_have_count(0)
+
+    # when: shortened to fit
+    field.fill("Where is my order? " + "x" * (limit - 30))
+    expect(hint).to_have_text("11 characters left")
+    page.get_by_test_id("chat-send").click()
+
+    # then: sent whole
+    expect(bubbles(page, "customer")).to_have_count(1)
+    expect(bubbles(page, "bot")).to_have_count(2, timeout=REPLY_TIMEOUT_MS)
+    assert len(Message.objects.get(role="customer").text) == limit - 11
+    expect(hint).to_be_hidden()
 
 
 def test_a_conversation_the_team_closes_ends_in_the_widget_and_the_next_message_starts_anew(
