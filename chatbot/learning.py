@@ -223,14 +223,31 @@ class PromotionRule:
         )
 
     def verdict(self, candidate: dict, live: dict | None) -> tuple[bool, str]:
-        """Whether the candidate may replace the live model, and why; both scored alike."""
+        """Whether the candidate may replace the live model, and why; both scored alike.
+
+        A macro-F1 drop past the limit rejects it only if it also gets more of the same
+        validation messages wrong than the live model does (when both say which, `correct`):
+        on a small validation set, where each intent has two or three messages, one message
+        that flips moves macro-F1 by a point, so two models that get as many right, different
+        ones, differ by more than the limit in either direction. Intents with enough messages
+        are judged on their own below.
+        """
         if live is None:
             return True, "No model was live: the candidate becomes the first live model."
         drop = 100 * (live["macro_f1"] - candidate["macro_f1"])
+        broken, fixed = _flips(candidate, live)
+        reshuffled = ""
         if drop > self.max_f1_drop:
-            return False, (
-                f"Macro-F1 {candidate['macro_f1']:.2%} is {drop:.2f} points below the live "
-                f"model's {live['macro_f1']:.2%}; at most {self.max_f1_drop:g} is allowed."
+            if broken is None or broken > fixed:
+                more = "" if broken is None else f" and gets {broken - fixed} more messages wrong"
+                return False, (
+                    f"Macro-F1 {candidate['macro_f1']:.2%} is {drop:.2f} points below the live "
+                    f"model's {live['macro_f1']:.2%}{more}; at most {self.max_f1_drop:g} is "
+                    "allowed."
+                )
+            reshuffled = (
+                f" Macro-F1 is {drop:.2f} points below, but the candidate gets no more "
+                f"validation messages wrong ({fixed} fixed, {broken} broken)."
             )
         worse = []
         for name, scores in candidate["per_intent"].items():
@@ -248,7 +265,19 @@ class PromotionRule:
             f"Macro-F1 {candidate['macro_f1']:.2%} against the live model's "
             f"{live['macro_f1']:.2%} ({-drop:+.2f} points); no intent with at least "
             f"{self.min_support} validation examples lost more than {self.max_intent_drop:g}."
+            f"{reshuffled}"
         )
+
+
+def _flips(candidate: dict, live: dict) -> tuple[int | None, int | None]:
+    """Of the validation messages both models read, how many the candidate gets wrong that the
+    live model got right (broken), and the other way round (fixed); None, None if unknown."""
+    if "correct" not in candidate or "correct" not in live:
+        return None, None
+    pairs = list(zip(candidate["correct"], live["correct"], strict=True))
+    broken = sum(1 for new, old in pairs if old and not new)
+    fixed = sum(1 for new, old in pairs if new and not old)
+    return broken, fixed
 
 
 def model_scores(directory: str | Path, examples: Sequence[Example]) -> dict:
@@ -268,6 +297,7 @@ def model_scores(directory: str | Path, examples: Sequence[Example]) -> dict:
         "accuracy": metrics["accuracy"],
         "macro_f1": metrics["macro_f1"],
         "per_intent": {k: v for k, v in metrics["per_intent"].items() if k in gold},
+        "correct": [p.intent == e.label for p, e in zip(predictions, examples, strict=True)],
     }
 
 
@@ -545,6 +575,8 @@ def _train_and_judge(run: TrainingRun) -> TrainingRun:
         "candidate": {k: candidate_scores[k] for k in ("accuracy", "macro_f1")},
         "live": {k: live_scores[k] for k in ("accuracy", "macro_f1")} if live_scores else None,
         "live_version": live.pk if live else None,
+        # validation messages the candidate gets wrong that the live model got right, and back
+        **dict(zip(("broken", "fixed"), _flips(candidate_scores, live_scores or {}), strict=True)),
         "train_seconds": candidate.metrics.get("train_seconds"),
         "n_train": len(train_set),
         "left_out": thin,

@@ -69,6 +69,27 @@ def scores(macro_f1: float, **recalls: tuple[float, int]) -> dict:
 
 
 @pytest.mark.parametrize(
+    ("candidate_correct", "promoted", "why"),
+    [
+        ([True, True, False, True], True, "no more validation messages wrong (1 fixed, 1 broken)"),
+        ([True, False, False, True], False, "gets 1 more messages wrong"),
+    ],
+)
+def test_a_macro_f1_drop_rejects_only_a_candidate_that_gets_more_messages_wrong(
+    candidate_correct: list[bool], promoted: bool, why: str
+) -> None:
+    # given: a validation set so small that one message flipping moves macro-F1 past the limit
+    live = scores(0.90, a=(1.0, 2), b=(0.5, 2)) | {"correct": [True, True, True, False]}
+    candidate = scores(0.894, a=(1.0, 2), b=(0.5, 2)) | {"correct": candidate_correct}
+    rule = PromotionRule(max_f1_drop=0.5, max_intent_drop=10, min_support=10)
+
+    verdict, reason = rule.verdict(candidate, live)
+
+    assert verdict is promoted
+    assert why in reason
+
+
+@pytest.mark.parametrize(
     ("candidate", "promoted", "why"),
     [
         (scores(0.904, a=(0.9, 20), b=(0.8, 12)), True, "no intent"),
