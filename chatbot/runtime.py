@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 EXAMPLE_NEIGHBOURS = 10
+MODEL_SPACE_KEPT = 2  # model-space copies of the index kept: the live model's and an incoming one
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,9 @@ class Runtime:
         self._loading: str | None = None  # a version loading in the background
         self._unloadable: str | None = None  # a version that failed to load
         # The answer index embedded in the live model's space: (index, model) versions -> index.
-        self._model_space: tuple[tuple[str, str], KnowledgeIndex] | None = None
+        # The index embedded by a model, by (index version, model version): the live model's,
+        # and the incoming one's while a swap embeds it (batches go on with the live one).
+        self._model_space: dict[tuple[str, str], KnowledgeIndex] = {}
         self._watching = False
         self._warmed = False
         self._warm_up_pass: Future | None = None  # the first forward pass, queued by warm_up
@@ -198,22 +201,29 @@ class Runtime:
         """`index` with its texts embedded by `classifier` (same entries, ids and version)."""
         key = (index.version, model_version)
         with self._lock:
-            cached = self._model_space
-        if cached is not None and cached[0] == key:
-            return cached[1]
+            cached = self._model_space.get(key)
+            # An earlier index embedded by the same model: only changed texts are embedded again.
+            same_model = [
+                built for (_, m), built in self._model_space.items() if m == model_version
+            ]
+        if cached is not None:
+            return cached
         built = KnowledgeIndex.build(
             examples=list(index.examples.entries.values()),
             templates=list(index.templates.entries.values()),
             encode=classifier.embed,
             encoder_name=f"intent-model:{model_version}",
             dim=classifier.dim,
-            reuse=cached[1] if cached is not None else None,  # used only if the same model
+            reuse=same_model[-1] if same_model else None,
             extra_info={"version": index.version, "base_encoder": index.info.get("encoder")},
             approximate_above=int(index.info.get("approximate_above", APPROXIMATE_ABOVE)),
         )
         with self._lock:
-            self._model_space = (key, built)
-        if cached is None or cached[0][1] != model_version:
+            self._model_space.pop(key, None)
+            self._model_space[key] = built
+            while len(self._model_space) > MODEL_SPACE_KEPT:
+                del self._model_space[next(iter(self._model_space))]  # the oldest
+        if not same_model:
             # A new model embedded the whole index (an edit re-embeds a few texts): that leaves
             # large freed blocks behind. Not after every edit: this runs on the batch thread.
             trim_free_memory()

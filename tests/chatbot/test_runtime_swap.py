@@ -7,9 +7,11 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from chatbot.runtime import Runtime
+from retrieval.index import Entry, KnowledgeIndex
 
 
 class Loaded:
@@ -85,3 +87,69 @@ def test_two_promotions_in_a_row_load_each_version_once(runtime) -> None:
     assert served == ["v1", "v1", "v1"]
     assert runtime.classifier()[1] == "v3"
     assert runtime.loads == {"v1": 1, "v2": 1, "v3": 1}
+
+
+class Embedding(Loaded):
+    """A loaded model that embeds texts, and records on which thread it did."""
+
+    dim = 4
+
+    def __init__(self, version: str, embedded: Counter) -> None:
+        super().__init__(version)
+        self.embedded = embedded
+
+    def embed(self, texts):
+        self.embedded[self.version, threading.current_thread().name] += len(texts)
+        return np.tile(np.array([[1, 0, 0, 0]], np.float32), (len(texts), 1))
+
+
+def test_a_swap_embeds_the_index_for_the_new_model_in_the_background_only(
+    tmp_path, monkeypatch
+) -> None:
+    # given: v1 live, its copy of a 50-example index embedded
+    import chatbot.runtime as runtime_module
+
+    index = KnowledgeIndex.build(
+        examples=[Entry(i + 1, f"example {i}", "i") for i in range(50)],
+        templates=[Entry(100, "template", "i")],
+        encode=lambda batch: np.ones((len(batch), 4), np.float32) / 2,
+        encoder_name="base",
+        dim=4,
+        extra_info={"version": "idx1"},
+    )
+    runtime = Runtime(base_model="unused", data_dir=tmp_path, max_batch=1, max_wait_ms=1)
+    for version in ("v1", "v2"):
+        runtime.models.path(version).mkdir(parents=True)
+    runtime.index = lambda: index
+    embedded: Counter = Counter()
+    runtime._load_classifier = lambda version: Embedding(version, embedded)
+    # Freeing memory after the new copy is embedded takes a while: hold the swap there.
+    in_trim, release = threading.Event(), threading.Event()
+
+    def trim() -> None:
+        if threading.current_thread().name == "model-swap":
+            in_trim.set()
+            assert release.wait(10)
+
+    monkeypatch.setattr(runtime_module, "trim_free_memory", trim)
+
+    def batch() -> None:  # what analyse_batch does first, on the batch thread
+        classifier, version = runtime.classifier()
+        runtime.model_space_index(runtime.index(), classifier, version)
+
+    runtime.models.set_live("v1")
+    batch()
+    embedded.clear()
+
+    # when: v2 is promoted, and messages keep coming while the swap embeds and frees memory
+    runtime.models.set_live("v2")
+    batch()
+    assert in_trim.wait(10)
+    batch()
+    release.set()
+    _swaps_finish()
+    batch()  # the first message on v2
+
+    # then: the batches embedded nothing; the swap thread embedded the index once
+    assert runtime.classifier()[1] == "v2"
+    assert embedded == {("v2", "model-swap"): 51}
