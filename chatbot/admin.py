@@ -797,11 +797,11 @@ class ModelVersionAdmin(ExtraViews, admin.ModelAdmin):
     def changelist_view(self, request: HttpRequest, extra_context=None):
         return super().changelist_view(request, {**(extra_context or {}), "plot": _versions_plot()})
 
-    @admin.display(description="Val. accuracy")
+    @admin.display(description="Val. accuracy (at training)")
     def validation_accuracy(self, obj: ModelVersion) -> str:
         return _percent(obj.metrics.get("validation", {}).get("accuracy"))
 
-    @admin.display(description="Val. macro-F1")
+    @admin.display(description="Val. macro-F1 (at training)")
     def validation_macro_f1(self, obj: ModelVersion) -> str:
         return _percent(obj.metrics.get("validation", {}).get("macro_f1"))
 
