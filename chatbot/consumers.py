@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from typing import Any
@@ -22,11 +23,38 @@ from chatbot.services import conversation_group
 logger = logging.getLogger(__name__)
 
 
+class MessageRate:
+    """A token bucket: `burst` messages at once, refilled at `per_minute`; never limits when
+    `per_minute` is 0."""
+
+    def __init__(self, burst: int, per_minute: float, clock=time.monotonic) -> None:
+        self.burst = max(1, burst)
+        self.per_second = per_minute / 60
+        self.clock = clock
+        self.tokens = float(self.burst)
+        self.at = clock()
+
+    def take(self) -> float:
+        """0 if a message may go now (and counts it), else the seconds until one may."""
+        if self.per_second <= 0:
+            return 0.0
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.per_second)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.per_second
+
+
 class ChatConsumer(AsyncWebsocketConsumer):
     conversation: Conversation
 
     async def connect(self) -> None:
         self.agent = Agent()
+        self.rate = MessageRate(
+            settings.CHATBOT_RATE_LIMIT_BURST, settings.CHATBOT_RATE_LIMIT_PER_MINUTE
+        )
         query = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
         headers = dict(self.scope.get("headers", []))
         resumed = await db_async(services.conversation_resume)(
@@ -77,6 +105,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
             frame = protocol.parse_client_frame(text_data)
         except protocol.ProtocolError as error:
             await self.send_json(error.frame())
+            return
+        if not isinstance(frame, protocol.Ping) and (wait_s := self.rate.take()):
+            # Nothing stored: the widget offers to send it again.
+            limited = protocol.ProtocolError(
+                "rate_limited",
+                "You're sending messages faster than we can read them; "
+                f"please wait {math.ceil(wait_s)} s and send it again.",
+                in_reply_to=getattr(frame, "client_id", ""),
+            ).frame()
+            await self.send_json(limited | {"retry_after_s": round(wait_s, 1)})
             return
         match frame:
             case protocol.CustomerText():

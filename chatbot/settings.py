@@ -209,6 +209,10 @@ CHATBOT_DATA_DIR = Path(env("CHATBOT_DATA_DIR", str(VAR_DIR / "data")))
 # DJANGO_ALLOWED_HOSTS. "*" allows any site.
 CHATBOT_WIDGET_ORIGINS = env_list("CHATBOT_WIDGET_ORIGINS")
 CHATBOT_MAX_MESSAGE_CHARS = int(env("CHATBOT_MAX_MESSAGE_CHARS", "2000"))
+# Messages (and ratings) one connection may send: a burst of this many, then this many a minute
+# (0: no limit). A person types far slower; a script that floods the bot gets `rate_limited`.
+CHATBOT_RATE_LIMIT_BURST = int(env("CHATBOT_RATE_LIMIT_BURST", "20"))
+CHATBOT_RATE_LIMIT_PER_MINUTE = float(env("CHATBOT_RATE_LIMIT_PER_MINUTE", "30"))
 # Micro-batching: requests arriving within this window, or while the previous pass runs, share
 # one forward pass. Under load the batches form while passes run; the wait only delays a lone
 # message (see README, "Micro-batching off the event loop").

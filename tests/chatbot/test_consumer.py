@@ -376,6 +376,59 @@ def test_only_the_sites_own_pages_and_the_listed_sites_may_open_a_chat(
     assert origin_allowed(origin, host) is allowed
 
 
+async def test_a_connection_that_floods_the_bot_is_slowed_and_the_chat_goes_on(settings) -> None:
+    # given: a burst of 3 messages, then one a second
+    settings.CHATBOT_RATE_LIMIT_BURST = 3
+    settings.CHATBOT_RATE_LIMIT_PER_MINUTE = 60
+    communicator, history = await open_chat()
+
+    # when: a script sends 5 messages at once
+    for n in range(5):
+        await communicator.send_json_to({"type": "message", "text": f"hello {n}", "id": f"f-{n}"})
+    frames = [await communicator.receive_json_from(timeout=30) for _ in range(3 * 2 + 2)]
+
+    # then: 3 stored and answered; the other 2 refused, each saying when to try again
+    limited = [f for f in frames if f["type"] == "error"]
+    assert [f["type"] for f in frames].count("ack") == 3
+    assert [f["type"] for f in frames].count("reply") == 3
+    assert [(f["code"], f["in_reply_to"]) for f in limited] == [
+        ("rate_limited", "f-3"),
+        ("rate_limited", "f-4"),
+    ]
+    assert all(0 < f["retry_after_s"] <= 1 for f in limited)
+    assert "send it again" in limited[0]["detail"]
+    assert [m.text for m in await stored(history["conversation"]) if m.role == "customer"] == [
+        "hello 0",
+        "hello 1",
+        "hello 2",
+    ]
+
+    # when: the customer waits, and sends one again
+    await communicator.send_json_to({"type": "ping"})
+    assert await communicator.receive_json_from(timeout=10) == {"type": "pong"}
+    await asyncio.sleep(1.1)
+    reply = await send_message(communicator, "hello 3", "f-3")
+
+    # then: the connection never dropped, and the message is answered
+    assert reply["in_reply_to"] == "f-3"
+    await communicator.disconnect()
+
+
+def test_the_message_rate_refills_and_never_limits_when_off() -> None:
+    from chatbot.consumers import MessageRate
+
+    now = [0.0]
+    rate = MessageRate(burst=2, per_minute=30, clock=lambda: now[0])  # one every 2 s
+    assert (rate.take(), rate.take()) == (0.0, 0.0)
+    assert rate.take() == pytest.approx(2.0)
+    now[0] = 1.0
+    assert rate.take() == pytest.approx(1.0)
+    now[0] = 2.0
+    assert rate.take() == 0.0
+    off = MessageRate(burst=1, per_minute=0)
+    assert all(off.take() == 0.0 for _ in range(100))
+
+
 async def test_rating_and_ping() -> None:
     communicator, history = await open_chat()
 
