@@ -333,8 +333,10 @@ def call_overhead_tokens(model, *, repeats: int = 3, most: float = 512.0) -> flo
     Timed on two shapes of batch (1 x 8 and 8 x 32 tokens, the best of `repeats` each) and fitted
     as a fixed cost plus a cost per token. Where a pass costs little beyond its tokens, as on a
     CPU without matrix units, splitting a batch by length saves the padding's work; where the
-    fixed cost is large, it does not pay. Timing noise can only make the split less than best,
-    never change a result. Capped at `most`.
+    fixed cost is large, it does not pay. In fp32 and bf16 timing noise can only make the split
+    less than best; in int8, whose activations are scaled per pass, it can move a result a
+    little (see `chatbot.learning.model_scores`, which therefore does not split). Capped at
+    `most`.
     """
     small_tokens, large_tokens = 8, 8 * 32
     small = _pass_seconds(model, 1, 8, repeats=repeats)

@@ -404,3 +404,32 @@ def test_a_runs_page_shows_each_intent_once_as_a_table(
     assert "field-per_intent_table" in html and "order_status" in html
     assert 'class="form-row field-per_intent"' not in html
     assert html.count("order_status") == 1
+
+
+def test_a_version_scores_the_same_however_busy_the_machine_is(demo_model, monkeypatch) -> None:
+    # given: the demo model's validation messages, and a process that would serve it in int8,
+    # splitting batches by what it timed a forward pass at
+    import json
+
+    import training.inference as inference
+    from chatbot.knowledge import DEMO_KNOWLEDGE_BASE
+    from chatbot.learning import model_scores
+
+    directory, _ = demo_model
+    intents = json.loads(DEMO_KNOWLEDGE_BASE.read_text())["intents"]
+    _, val_set = validation_split(
+        [Example(text, i["name"]) for i in intents for text in i["examples"]]
+    )
+    monkeypatch.setattr(inference, "fastest_precision", lambda model, candidates: ("int8", {}))
+    timed = {}
+    for call_tokens in (0.0, 512.0):  # an idle machine, a busy one
+        monkeypatch.setattr(
+            inference, "call_overhead_tokens", lambda model, tokens=call_tokens: tokens
+        )
+
+        # when
+        timed[call_tokens] = model_scores(directory, val_set)
+
+    # then: the same messages right, so two identical models never reject each other
+    assert timed[0.0]["correct"] == timed[512.0]["correct"]
+    assert timed[0.0]["macro_f1"] == timed[512.0]["macro_f1"]
