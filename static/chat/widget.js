@@ -1052,7 +1052,8 @@
   /** Says how long the message may still be near the server's limit, and how much too long
    * past it (when Send does nothing). Returns whether the text fits. */
   function showLength() {
-    const length = ui.input.value.trim().length;
+    // Characters as the server counts them (code points: an emoji is one, not two).
+    const length = Array.from(ui.input.value.trim()).length;
     const max = state.maxChars;
     const fits = length <= max;
     const hint = ui.lengthHint;

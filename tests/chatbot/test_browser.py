@@ -252,6 +252,10 @@ def test_a_message_over_the_limit_is_not_cut_and_not_sent_until_shortened(
     assert len(field.input_value()) == limit + 50
     expect(bubbles(page, "customer")).to_have_count(0)
 
+    # then: an emoji counts as one character, as the server counts it
+    field.fill("\U0001f600" * limit)
+    expect(hint).to_have_text("0 characters left")
+
     # when: shortened to fit
     field.fill("Where is my order? " + "x" * (limit - 30))
     expect(hint).to_have_text("11 characters left")

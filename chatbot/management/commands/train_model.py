@@ -29,6 +29,6 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.SUCCESS(
                 f"{version}: validation accuracy {validation['accuracy']:.4f}, "
-                f"macro-F1 {validation['macro_f1']:.4f}" + (" (live)" if version.is_live else "")
+                f"macro-F1 {validation['macro_f1']:.4f}"
             )
         )
