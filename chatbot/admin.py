@@ -203,7 +203,6 @@ CSV_COLUMNS = (
 )
 
 
-@admin.action(description="Export the selected conversations' messages as CSV")
 def _csv_text(text: str) -> str:
     """Text as a spreadsheet shows it, never runs it: a customer who writes
     `=HYPERLINK(...)` must not plant a formula in the support team's spreadsheet (OWASP's
@@ -211,6 +210,7 @@ def _csv_text(text: str) -> str:
     return "'" + text if text.lstrip()[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
+@admin.action(description="Export the selected conversations' messages as CSV")
 def export_csv(modeladmin, request: HttpRequest, queryset: QuerySet[Conversation]) -> HttpResponse:
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="conversations.csv"'
@@ -349,7 +349,7 @@ class ConversationAdmin(ExtraViews, DistinctSearchMixin, admin.ModelAdmin):
             self.message_user(request, "The bot answers this conversation again.", messages.SUCCESS)
         return redirect("admin:chatbot_conversation_change", conversation.pk)
 
-    @admin.action(description="Hand back to the bot")
+    @admin.action(description="Hand back to the bot", permissions=["change"])
     def hand_back_to_bot(self, request: HttpRequest, queryset: QuerySet[Conversation]) -> None:
         handed = 0
         for conversation in queryset.filter(status=Conversation.Status.NEEDS_HUMAN):
@@ -365,7 +365,7 @@ class ConversationAdmin(ExtraViews, DistinctSearchMixin, admin.ModelAdmin):
             messages.SUCCESS if handed else messages.WARNING,
         )
 
-    @admin.action(description="Close the conversations")
+    @admin.action(description="Close the conversations", permissions=["change"])
     def close_conversations(self, request: HttpRequest, queryset: QuerySet[Conversation]):
         closed = sum(
             services.conversation_close(conversation=c) is not None
@@ -430,7 +430,7 @@ class AnswerTemplateInline(admin.StackedInline):
     fields = ("text", "suggestions", "active")
 
 
-@admin.action(description="Rebuild the answer index now")
+@admin.action(description="Rebuild the answer index now", permissions=["change"])
 def rebuild_answer_index(modeladmin, request: HttpRequest, queryset: QuerySet) -> None:
     tasks.answer_index_rebuild.delay()
     modeladmin.message_user(
@@ -575,11 +575,13 @@ class ReviewQueueAdmin(ExtraViews, admin.ModelAdmin):
         label = Message.Review(verdict).label.lower()
         self.message_user(request, f"{count} message(s) {label}.", messages.SUCCESS)
 
-    @admin.action(description="Confirm the predicted intent")
+    @admin.action(description="Confirm the predicted intent", permissions=["change"])
     def confirm(self, request: HttpRequest, queryset) -> None:
         self._apply(request, queryset, Message.Review.CONFIRMED)
 
-    @admin.action(description="Relabel to the intent chosen below (or a new one)")
+    @admin.action(
+        description="Relabel to the intent chosen below (or a new one)", permissions=["change"]
+    )
     def relabel(self, request: HttpRequest, queryset) -> None:
         form = self.action_form(request.POST)
         form.is_valid()
@@ -611,11 +613,11 @@ class ReviewQueueAdmin(ExtraViews, admin.ModelAdmin):
                 messages.WARNING,
             )
 
-    @admin.action(description="Mark out of scope")
+    @admin.action(description="Mark out of scope", permissions=["change"])
     def mark_out_of_scope(self, request: HttpRequest, queryset) -> None:
         self._apply(request, queryset, Message.Review.OUT_OF_SCOPE)
 
-    @admin.action(description="Skip")
+    @admin.action(description="Skip", permissions=["change"])
     def skip(self, request: HttpRequest, queryset) -> None:
         self._apply(request, queryset, Message.Review.SKIPPED)
 
@@ -737,7 +739,7 @@ class TrainingRunAdmin(ExtraViews, admin.ModelAdmin):
         )
 
 
-@admin.action(description="Make the selected version live")
+@admin.action(description="Make the selected version live", permissions=["change"])
 def make_live(modeladmin, request: HttpRequest, queryset: QuerySet[ModelVersion]) -> None:
     if queryset.count() != 1:
         modeladmin.message_user(request, "Select exactly one version.", messages.ERROR)

@@ -257,3 +257,41 @@ def test_a_customers_formula_is_exported_as_text(admin_client: Client, conversat
     texts = [row["text"] for row in csv.DictReader(io.StringIO(response.content.decode()))]
     assert "'" + formula in texts and "' +1 what?" in texts
     assert "Where is my blue teapot?" in texts
+
+
+def test_an_account_that_may_only_view_cannot_act(client: Client, conversation) -> None:
+    # given: a support account with the view permissions alone
+    from django.contrib.auth.models import Permission, User
+
+    viewer = User.objects.create_user("viewer", password="pass-for-tests-1", is_staff=True)
+    viewer.user_permissions.set(Permission.objects.filter(codename__startswith="view_"))
+    client.force_login(viewer)
+    waiting = Conversation.objects.create(status=Conversation.Status.NEEDS_HUMAN)
+    question = conversation.messages.get(role="customer")
+    version = ModelVersion.objects.get()
+
+    # when: it posts every action that changes something
+    posts = [
+        ("conversation", "hand_back_to_bot", waiting.pk),
+        ("conversation", "close_conversations", conversation.pk),
+        ("reviewitem", "confirm", question.pk),
+        ("reviewitem", "mark_out_of_scope", question.pk),
+        ("modelversion", "make_live", version.pk),
+        ("answertemplate", "rebuild_answer_index", AnswerTemplate.objects.get().pk),
+    ]
+    for model, action, pk in posts:
+        client.post(
+            reverse(f"admin:chatbot_{model}_changelist"),
+            {"action": action, "_selected_action": [pk]},
+        )
+    page = client.get(reverse("admin:chatbot_conversation_changelist")).content.decode()
+
+    # then: nothing changed, and only the export (reading) is offered
+    waiting.refresh_from_db()
+    conversation.refresh_from_db()
+    question.refresh_from_db()
+    version.refresh_from_db()
+    assert (waiting.status, conversation.status) == ("needs_human", "bot")
+    assert question.review == "" and not version.is_live
+    assert "Export the selected conversations&#x27; messages as CSV" in page
+    assert "hand_back_to_bot" not in page and "close_conversations" not in page
