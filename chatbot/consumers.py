@@ -104,17 +104,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 )
             frame = protocol.parse_client_frame(text_data)
         except protocol.ProtocolError as error:
-            await self.send_json(error.frame())
+            # A bad frame counts against the rate too: a script must not flood with them.
+            if wait_s := self.rate.take():
+                await self.send_rate_limited(wait_s, "")
+            else:
+                await self.send_json(error.frame())
             return
         if not isinstance(frame, protocol.Ping) and (wait_s := self.rate.take()):
             # Nothing stored: the widget offers to send it again.
-            limited = protocol.ProtocolError(
-                "rate_limited",
-                "You're sending messages faster than we can read them; "
-                f"please wait {math.ceil(wait_s)} s and send it again.",
-                in_reply_to=getattr(frame, "client_id", ""),
-            ).frame()
-            await self.send_json(limited | {"retry_after_s": round(wait_s, 1)})
+            await self.send_rate_limited(wait_s, getattr(frame, "client_id", ""))
             return
         match frame:
             case protocol.CustomerText():
@@ -194,6 +192,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.conversation.pk is None:
             await db_async(services.conversation_start)(self.conversation)
         return self.conversation.pk
+
+    async def send_rate_limited(self, wait_s: float, client_id: str) -> None:
+        limited = protocol.ProtocolError(
+            "rate_limited",
+            "You're sending messages faster than we can read them; "
+            f"please wait {math.ceil(wait_s)} s and send it again.",
+            in_reply_to=client_id,
+        ).frame()
+        await self.send_json(limited | {"retry_after_s": round(wait_s, 1)})
 
     async def send_error(
         self,

@@ -72,8 +72,9 @@ def parse_client_frame(raw: str) -> ClientFrame:
         return Rating(score)
     if kind == "ping":
         return Ping()
+    shown = repr(kind) if len(repr(kind)) <= 40 else repr(kind)[:37] + "..."
     raise ProtocolError(
-        "unknown_type", f"Unknown frame type {kind!r}; expected 'message', 'rate' or 'ping'."
+        "unknown_type", f"Unknown frame type {shown}; expected 'message', 'rate' or 'ping'."
     )
 
 

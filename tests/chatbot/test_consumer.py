@@ -414,6 +414,25 @@ async def test_a_connection_that_floods_the_bot_is_slowed_and_the_chat_goes_on(s
     await communicator.disconnect()
 
 
+async def test_bad_frames_count_against_the_rate_and_are_not_echoed_back(settings) -> None:
+    # given: 2 frames at once, then one every 100 s
+    settings.CHATBOT_RATE_LIMIT_BURST = 2
+    settings.CHATBOT_RATE_LIMIT_PER_MINUTE = 0.6
+    communicator, _ = await open_chat()
+
+    # when: a script sends frames that are not even valid
+    for _ in range(3):
+        await communicator.send_json_to({"type": "x" * 1000})
+    errors = [await communicator.receive_json_from(timeout=10) for _ in range(3)]
+
+    # then: two refused as unknown (their type cut short), the third as too many
+    assert [e["code"] for e in errors] == ["unknown_type", "unknown_type", "rate_limited"]
+    assert len(errors[0]["detail"]) < 120
+    await communicator.send_json_to({"type": "ping"})
+    assert await communicator.receive_json_from(timeout=10) == {"type": "pong"}
+    await communicator.disconnect()
+
+
 def test_the_message_rate_refills_and_never_limits_when_off() -> None:
     from chatbot.consumers import MessageRate
 
