@@ -295,3 +295,22 @@ def test_an_account_that_may_only_view_cannot_act(client: Client, conversation) 
     assert question.review == "" and not version.is_live
     assert "Export the selected conversations&#x27; messages as CSV" in page
     assert "hand_back_to_bot" not in page and "close_conversations" not in page
+
+
+def test_the_first_admin_login_is_kept_where_only_its_user_can_read_it(
+    db, settings, tmp_path, capsys
+) -> None:
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+
+    settings.VAR_DIR = tmp_path
+    call_command("ensure_admin")
+    printed = capsys.readouterr().out
+    call_command("ensure_admin")  # a second start prints the same login and creates nothing
+
+    password_file = tmp_path / "admin-password"
+    password = password_file.read_text()
+    assert password_file.stat().st_mode & 0o777 == 0o600
+    assert f"admin / {password}" in printed
+    assert f"admin / {password}" in capsys.readouterr().out
+    assert User.objects.get(username="admin").check_password(password)

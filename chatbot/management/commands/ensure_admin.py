@@ -1,3 +1,4 @@
+import os
 import secrets
 
 from django.conf import settings
@@ -19,8 +20,12 @@ class Command(BaseCommand):
             password = secrets.token_urlsafe(12)
             user_model.objects.create_superuser(username=username, email="", password=password)
             password_file.parent.mkdir(parents=True, exist_ok=True)
-            password_file.write_text(password)
-            password_file.chmod(0o600)
+            password_file.unlink(missing_ok=True)
+            # Created readable by this user alone, never for a moment by others.
+            with os.fdopen(
+                os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w"
+            ) as f:
+                f.write(password)
         elif password_file.exists() and user.check_password(password_file.read_text().strip()):
             password = password_file.read_text().strip()
         else:
