@@ -57,12 +57,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
         query = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
         headers = dict(self.scope.get("headers", []))
+        visitor = query.get("visitor", [""])[0]
         resumed = await db_async(services.conversation_resume)(
-            public_id=_valid_uuid(query.get("conversation", [""])[0])
+            public_id=_valid_uuid(query.get("conversation", [""])[0]), visitor=visitor
         )
         # A new conversation is stored with the customer's first message (`started`).
         self.conversation = resumed or services.conversation_new(
-            visitor=query.get("visitor", [""])[0],
+            visitor=visitor,
             user_agent=headers.get(b"user-agent", b"").decode("latin1"),
         )
         # Messages from the support team reach every open tab of the conversation, on whichever

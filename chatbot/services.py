@@ -15,6 +15,7 @@ from typing import NamedTuple, TypeVar
 from django.conf import settings
 from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare
 
 from chatbot import protocol, selectors
 from chatbot.agent import TALK_TO_PERSON_LABEL, Agent, AgentReply, handoff_after_failures
@@ -31,15 +32,26 @@ Out = TypeVar("Out")
 DUPLICATE_REPLY_WAIT_S = 15.0
 
 
-def conversation_resume(*, public_id: str) -> Conversation | None:
-    """The customer's conversation, unless it is unknown or closed."""
+def conversation_resume(*, public_id: str, visitor: str = "") -> Conversation | None:
+    """The customer's conversation, unless it is unknown or closed, or another visitor's.
+
+    The widget keeps both the conversation id and its visitor key; an id alone (seen in a proxy
+    log, a screenshot) does not open someone else's transcript. A conversation started without
+    a key (a client that sends none) opens with its id alone.
+    """
     if not public_id:
         return None
-    return (
+    conversation = (
         Conversation.objects.filter(public_id=public_id)
         .exclude(status=Conversation.Status.CLOSED)
         .first()
     )
+    if conversation is not None and not constant_time_compare(
+        conversation.session_key, visitor[:64]
+    ):
+        logger.info("Conversation %s asked for with another visitor key: not resumed", public_id)
+        return None
+    return conversation
 
 
 def conversation_new(*, visitor: str, user_agent: str) -> Conversation:

@@ -209,6 +209,27 @@ async def test_reconnecting_with_the_conversation_id_sends_the_history() -> None
     await second.disconnect()
 
 
+async def test_a_conversation_id_without_its_visitor_key_opens_nothing() -> None:
+    # given: a customer's conversation, started by their widget (which sends its visitor key)
+    first, history = await open_chat("?visitor=v-owner")
+    await send_message(first, "My card number ends in 4242", "o-1")
+    await first.disconnect()
+    conversation = history["conversation"]
+
+    # when: someone who learnt the id connects with it, with another key or none
+    for query in (f"?conversation={conversation}&visitor=v-other", f"?conversation={conversation}"):
+        other, seen = await open_chat(query)
+        await other.disconnect()
+
+        # then: a new, empty conversation of their own
+        assert seen["conversation"] != conversation and seen["messages"] == []
+
+    # and the customer's own widget still resumes it
+    again, resumed = await open_chat(f"?conversation={conversation}&visitor=v-owner")
+    assert resumed["conversation"] == conversation and len(resumed["messages"]) == 2
+    await again.disconnect()
+
+
 @pytest.mark.parametrize("query", ["?conversation=not-a-uuid", f"?conversation={uuid.uuid4()}"])
 async def test_an_unknown_conversation_id_starts_a_new_conversation(query: str) -> None:
     communicator, history = await open_chat(query)
