@@ -54,6 +54,11 @@ CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
 # Only with such a proxy in front: a client reaching daphne directly could claim https.
 if env_bool("DJANGO_BEHIND_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# The site is served over HTTPS (by daphne's proxy or a TLS terminator in front of it): the
+# session and CSRF cookies travel over HTTPS only, and browsers are told to keep to HTTPS.
+if env_bool("DJANGO_HTTPS", False):
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = int(env("DJANGO_HSTS_SECONDS", "3600"))
 
 INSTALLED_APPS = [
     "daphne",

@@ -11,7 +11,9 @@ SHOW = (
     "import django, json; from django.conf import settings as s; django.setup(); "
     "print(json.dumps({'layer': s.CHANNEL_LAYERS['default']['BACKEND'], "
     "'broker': s.CELERY_BROKER_URL, 'db': s.DATABASES['default']['ENGINE'], "
-    "'model': s.CHATBOT_BASE_MODEL, 'debug': s.DEBUG}))"
+    "'model': s.CHATBOT_BASE_MODEL, 'debug': s.DEBUG, "
+    "'secure_cookies': [s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE], "
+    "'hsts': s.SECURE_HSTS_SECONDS}))"
 )
 
 
@@ -83,3 +85,11 @@ def test_the_proxy_scheme_is_trusted_only_behind_a_proxy_and_origins_come_from_t
     assert shown(
         DJANGO_BEHIND_PROXY="1", DJANGO_CSRF_TRUSTED_ORIGINS="https://chat.example.com"
     ) == [["HTTP_X_FORWARDED_PROTO", "https"], ["https://chat.example.com"]]
+
+
+def test_a_site_served_over_https_keeps_its_cookies_to_https() -> None:
+    plain = json.loads(run_settings().stdout)
+    https = json.loads(run_settings(DJANGO_HTTPS="1").stdout)
+
+    assert (plain["secure_cookies"], plain["hsts"]) == ([False, False], 0)
+    assert (https["secure_cookies"], https["hsts"]) == ([True, True], 3600)
