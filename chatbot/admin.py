@@ -11,8 +11,8 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import PermissionDenied
 from django.db.models import Case, Count, Exists, OuterRef, QuerySet, When
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path
 from django.utils.html import format_html, format_html_join
@@ -304,7 +304,9 @@ class ConversationAdmin(ExtraViews, DistinctSearchMixin, admin.ModelAdmin):
         return [waiting.asc(), "-last_activity_at"]
 
     def _posted_conversation(self, request: HttpRequest, object_id: str) -> Conversation:
-        conversation = get_object_or_404(Conversation, pk=object_id)
+        conversation = self.get_object(request, object_id)  # by primary key or UUID
+        if conversation is None:
+            raise Http404("No such conversation.")
         self.require_post(request, conversation)
         return conversation
 

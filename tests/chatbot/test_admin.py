@@ -314,3 +314,22 @@ def test_the_first_admin_login_is_kept_where_only_its_user_can_read_it(
     assert f"admin / {password}" in printed
     assert f"admin / {password}" in capsys.readouterr().out
     assert User.objects.get(username="admin").check_password(password)
+
+
+def test_a_reply_can_be_posted_to_a_conversation_by_the_id_the_widget_shows(
+    admin_client: Client, conversation
+) -> None:
+    conversation.status = Conversation.Status.NEEDS_HUMAN
+    conversation.save()
+
+    by_uuid = admin_client.post(
+        f"/admin/chatbot/conversation/{conversation.public_id}/reply/", {"staff_reply": "Hi!"}
+    )
+    unknown = admin_client.post(
+        f"/admin/chatbot/conversation/{uuid.uuid4()}/reply/", {"staff_reply": "Hi?"}
+    )
+
+    assert by_uuid.status_code == 302 and unknown.status_code == 404
+    assert list(conversation.messages.filter(role="agent").values_list("text", flat=True)) == [
+        "Hi!"
+    ]
