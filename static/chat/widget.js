@@ -54,6 +54,9 @@
     conversation: "Conversation",
     handoff: "Connecting you to a member of our team…",
     waiting: "A member of our team will reply here.",
+    rateQuestion: "How did we do?",
+    rateScore: (score) => `${score} out of 5`,
+    rated: "Thank you for your feedback.",
     tooLong: (over, max) => `${over} characters too long (the limit is ${max}).`,
     charsLeft: (left) => `${left} characters left`,
     ended: "This conversation has ended. Send a message to start a new one.",
@@ -449,6 +452,7 @@
     failed: new Map(), // clientId -> {id, text, created}: rejected messages kept across re-renders
     awaiting: new Set(), // client ids sent and still waiting for the bot's reply
     quickRow: null,
+    ratingRow: null, // "How did we do?" (then the thanks) after the team closed the conversation
     typingTimer: null,
   };
 
@@ -579,6 +583,7 @@
   function clearMessages() {
     state.records.forEach((record) => record.row.remove());
     removeQuickReplies();
+    removeRating();
     state.records = [];
     state.byServerId.clear();
     state.byClientId.clear();
@@ -707,6 +712,7 @@
     if (!text) return false;
     const entry = { id: newId(), text, created: new Date().toISOString() };
     removeQuickReplies();
+    removeRating();
     keepScrolled(true, () =>
       renderMessage({ role: "customer", text, clientId: entry.id, created: entry.created, status: "sending" })
     );
@@ -831,6 +837,7 @@
     keepScrolled(false, () =>
       renderMessage({ role: frame.role, text: frame.text, serverId: id, created: frame.created, clientId: frame.client_id })
     );
+    if (frame.status === "closed") offerRating();
     if (frame.role !== "customer") notifyUnread();
   }
 
@@ -840,6 +847,41 @@
     state.conversationStatus = "closed";
     forgetConversation();
     stopWaiting(null);
+  }
+
+  /** Asks the customer to rate the conversation the team just closed (1 to 5), on the
+   * connection that still holds it: once they write again, a new conversation begins and the
+   * question goes. */
+  function offerRating() {
+    removeRating();
+    const socket = conn.socket;
+    const row = el("div", { class: "rating", role: "group", "aria-label": TEXT.rateQuestion, "data-testid": "chat-rating" });
+    row.appendChild(el("span", { class: "rating__label", text: TEXT.rateQuestion }));
+    for (let score = 1; score <= 5; score += 1) {
+      const button = el("button", {
+        type: "button",
+        class: "rating__btn",
+        "aria-label": TEXT.rateScore(score),
+        "data-score": String(score),
+        text: "★",
+      });
+      button.addEventListener("click", () => {
+        if (conn.socket !== socket || !transmit({ type: "rate", score })) {
+          removeRating();
+          return;
+        }
+        row.replaceChildren(el("span", { class: "rating__label", text: TEXT.rated }));
+        ui.input.focus();
+      });
+      row.appendChild(button);
+    }
+    keepScrolled(false, () => ui.messages.insertBefore(row, ui.typing));
+    state.ratingRow = row;
+  }
+
+  function removeRating() {
+    if (state.ratingRow) state.ratingRow.remove();
+    state.ratingRow = null;
   }
 
   function onError(frame) {
@@ -877,6 +919,7 @@
     message: onMessage,
     error: onError,
     pong() {},
+    rated() {},
   };
 
   function handleFrame(data) {

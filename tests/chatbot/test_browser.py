@@ -285,8 +285,23 @@ def test_a_conversation_the_team_closes_ends_in_the_widget_and_the_next_message_
         admin.click("button[name=index]")
         expect(admin.locator(".messagelist")).to_contain_text("1 conversations closed")
 
-    # then: the customer is told at once
+    # then: the customer is told at once, and asked how it went
     expect(bubbles(page, "system")).to_have_text([CLOSED_TEXT], timeout=REPLY_TIMEOUT_MS)
+    rating = page.get_by_test_id("chat-rating")
+    expect(rating).to_contain_text("How did we do?")
+
+    # when: they give it 4 out of 5
+    rating.get_by_role("button", name="4 out of 5").click()
+
+    # then: thanked, and the closed conversation holds the rating
+    expect(rating).to_have_text("Thank you for your feedback.")
+    first.refresh_from_db()
+    for _ in range(50):
+        if first.rating is not None:
+            break
+        page.wait_for_timeout(100)
+        first.refresh_from_db()
+    assert first.rating == 4
 
     # when: the customer writes again
     page.get_by_test_id("chat-input").fill("What are your opening hours?")
@@ -300,7 +315,8 @@ def test_a_conversation_the_team_closes_ends_in_the_widget_and_the_next_message_
     reply = reply_row(bubbles(page, "bot").last.get_attribute("data-id"))
     assert reply.conversation_id != first.pk and reply.intent.name == "opening_hours"
     first.refresh_from_db()
-    assert first.status == "closed"
+    assert first.status == "closed" and first.rating == 4
+    expect(page.get_by_test_id("chat-rating")).to_have_count(0)
 
 
 def test_a_message_the_bot_could_not_answer_is_answered_when_retried(
