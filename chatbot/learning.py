@@ -577,6 +577,7 @@ def _train_and_judge(run: TrainingRun) -> TrainingRun:
     candidate_scores = model_scores(candidate.directory, val_set)
     live_scores = model_scores(live.directory, val_set) if live else None
     promote, reason = PromotionRule.from_settings().verdict(candidate_scores, live_scores)
+    broken, fixed = _flips(candidate_scores, live_scores or {})
     if promote:
         model_promote(model_version=candidate)
     summary = {
@@ -584,7 +585,8 @@ def _train_and_judge(run: TrainingRun) -> TrainingRun:
         "live": {k: live_scores[k] for k in ("accuracy", "macro_f1")} if live_scores else None,
         "live_version": live.pk if live else None,
         # validation messages the candidate gets wrong that the live model got right, and back
-        **dict(zip(("broken", "fixed"), _flips(candidate_scores, live_scores or {}), strict=True)),
+        "broken": broken,
+        "fixed": fixed,
         "train_seconds": candidate.metrics.get("train_seconds"),
         "n_train": len(train_set),
         "left_out": thin,

@@ -417,23 +417,7 @@
     shadow.appendChild(stylesheet);
     shadow.appendChild(root);
 
-    return {
-      host,
-      shadow,
-      stylesheet,
-      root,
-      launcher,
-      badge,
-      panel,
-      closeButton,
-      status,
-      messages,
-      typing,
-      form,
-      input,
-      sendButton,
-      lengthHint,
-    };
+    return { host, shadow, stylesheet, root, launcher, badge, panel, closeButton, status, messages, typing, form, input, lengthHint };
   }
 
   const ui = buildUi();
