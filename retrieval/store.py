@@ -2,7 +2,9 @@
 
 Readers follow the pointer, so they see either the old version or the new one, never a half
 written directory: the version is built under a temporary name, renamed into place, and only
-then does `os.replace` swap the pointer (atomic on POSIX file systems).
+then does `os.replace` swap the pointer (atomic on POSIX file systems). Each step is flushed to
+disk (fsync) before the next, so after a power cut the pointer never names a version whose
+files the kernel had not written yet.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ class VersionStore:
         try:
             tmp.mkdir()
             writer(tmp)
+            _sync_tree(tmp)
             tmp.rename(self.path(version))
+            sync_dir(self.root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -49,12 +53,17 @@ class VersionStore:
         if not self.path(version).is_dir():
             raise FileNotFoundError(f"No version {version!r} under {self.root}")
         tmp = self.root / f".{POINTER}.{secrets.token_hex(4)}"
-        tmp.write_text(version)
+        with open(tmp, "w") as f:
+            f.write(version)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.root / POINTER)
+        sync_dir(self.root)
 
     def clear_live(self) -> None:
         """Point at nothing (callers fall back to what they do without a version)."""
         (self.root / POINTER).unlink(missing_ok=True)
+        sync_dir(self.root)
 
     def live(self) -> str | None:
         """The live version's name, or None when nothing has been published."""
@@ -87,3 +96,24 @@ class VersionStore:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def sync_dir(path: Path) -> None:
+    """Flush a directory's entries (a rename, a new or removed file) to disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_tree(root: Path) -> None:
+    """Flush every file under `root`, then the directories that hold them."""
+    for directory, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        sync_dir(Path(directory))

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from retrieval.store import VersionStore
+from retrieval.store import VersionStore, sync_dir
 from training.config import TrainConfig
 from training.data import Example
 from training.train import Progress, train
@@ -128,5 +128,6 @@ def _search(
             shutil.rmtree(store.path(version), ignore_errors=True)
     assert best is not None
     store.path(best[1]).rename(out)
+    sync_dir(out.parent)
     best[2]["search"]["trials"] = trials_run
     return best[2]
