@@ -1,3 +1,5 @@
+import ipaddress
+
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -43,11 +45,35 @@ def _healthy(body: dict) -> bool:
     return bool(body["index"]) and body.get("channel_layer", "ok") == "ok"
 
 
+def _probe_response(request: HttpRequest, body: dict, ok: bool) -> JsonResponse:
+    """The probe's findings for the machine's own network; only the verdict for the world.
+
+    The findings name versions and quote errors (a Redis host name, an exception's text): a
+    container health check, a load balancer or an operator's curl on the host sees them, but a
+    request that came through the site's proxy (which adds X-Forwarded-For) or from a public
+    address gets the status code and `{"status": ...}` alone.
+    """
+    status = 200 if ok else 503
+    if not _on_own_network(request):
+        return JsonResponse({"status": "ok" if ok else "unavailable"}, status=status)
+    return JsonResponse(body, status=status)
+
+
+def _on_own_network(request: HttpRequest) -> bool:
+    if "HTTP_X_FORWARDED_FOR" in request.META:
+        return False
+    try:
+        peer = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+    except ValueError:
+        return False
+    return peer.is_loopback or peer.is_private
+
+
 def healthz(request: HttpRequest) -> JsonResponse:
     """Liveness for load balancers: the database answers, an answer index is published, and
     Redis answers where there is one."""
     body = _alive()
-    return JsonResponse(body, status=200 if _healthy(body) else 503)
+    return _probe_response(request, body, _healthy(body))
 
 
 def readyz(request: HttpRequest) -> JsonResponse:
@@ -62,4 +88,4 @@ def readyz(request: HttpRequest) -> JsonResponse:
     body |= runtime.serving()
     # Healthy and loading: expected at every start, not an error to log (`WarmingUpIsNoError`).
     request.warming_up = _healthy(body) and state == "warming_up"
-    return JsonResponse(body, status=200 if _healthy(body) and state == "ready" else 503)
+    return _probe_response(request, body, _healthy(body) and state == "ready")

@@ -177,6 +177,30 @@ def test_health_says_when_redis_does_not_answer(client, settings) -> None:
     assert client.get("/readyz").status_code == 503
 
 
+def test_probes_tell_the_world_only_their_verdict(
+    daphne_server: LiveServer, client, settings
+) -> None:
+    # given: a request through the site's proxy (it adds X-Forwarded-For), one from a public
+    # address, and a Redis that does not answer, whose error text names the host
+    proxied = urllib.request.Request(
+        f"{daphne_server.url}/healthz", headers={"X-Forwarded-For": "203.0.113.9"}
+    )
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+
+    # when
+    through_proxy = urllib.request.urlopen(proxied, timeout=10)
+    public = client.get("/healthz", REMOTE_ADDR="93.184.216.34")
+    public_ready = client.get("/readyz", REMOTE_ADDR="93.184.216.34")
+    on_the_host = client.get("/healthz")
+
+    # then: the verdict in the status code and one word; the findings only on the host
+    assert through_proxy.status == 200 and json.load(through_proxy) == {"status": "ok"}
+    assert public.status_code == 503 and public.json() == {"status": "unavailable"}
+    assert public_ready.status_code == 503 and public_ready.json() == {"status": "unavailable"}
+    assert on_the_host.status_code == 503
+    assert on_the_host.json()["channel_layer"].startswith("unreachable")
+
+
 def test_a_readiness_probe_without_an_answer_index_is_still_logged_as_an_error(
     client, monkeypatch, caplog
 ) -> None:
