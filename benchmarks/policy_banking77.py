@@ -11,7 +11,10 @@ out-of-scope examples, fits the policy on the in-scope validation split, and tre
 intents' test messages as out of scope: prints out-of-scope recall, how much in-scope accuracy
 the policy's declines cost, what the held-out intents' messages got instead of a decline (a
 template of a known intent, or a clarifying question), and the in-scope accuracy of the model of
-(1), which knows all 77 intents, on the same messages.
+(1), which knows all 77 intents, on the same messages; and the share of each kind of message
+that falls in the policy's borderline, not declined, which the optional second opinion
+(chatbot.second_opinion, an OpenAI-compatible chat model) would read: what it could catch at
+most, and how many in-scope messages it would be shown.
 (3) With --reviewed-oos K (a list; 0 is (2)): the same, after a support admin marked K messages
 of each held-out intent out of scope (K of its rows in train.csv, never its test messages),
 which training reads as the product's learning loop gives them.
@@ -95,6 +98,15 @@ def holdout_run(
     decided = np.array([d.decision for d in decisions])
     declined = decided == OUT_OF_SCOPE
     in_scope = ~is_oos
+    policy = classifier.policy
+    asked = ~declined & np.array(
+        [
+            policy.borderline(
+                d.prediction.confidence, d.prediction.similarity, d.prediction.oos_similarity
+            )
+            for d in decisions
+        ]
+    )
     accuracy_without = float((pred == gold)[in_scope].mean())
     accuracy_with = float(((pred == gold) & ~declined)[in_scope].mean())
     return {
@@ -110,6 +122,8 @@ def holdout_run(
         "in_scope_declined": float(declined[in_scope].mean()),
         "in_scope_accuracy_all_intents_model": float((all_intents_pred == gold)[in_scope].mean()),
         "oos_shares": decision_shares(decided[is_oos].tolist()),
+        "second_opinion_asked_in_scope": float(asked[in_scope].mean()),
+        "second_opinion_asked_oos": float(asked[is_oos].mean()),
         "policy": classifier.thresholds["policy"],
     }
 
@@ -170,6 +184,10 @@ def main() -> None:
         print(
             f"| held-out intents' messages answered / clarified / declined ({when}) | "
             f"{oos['answer']:.1%} / {oos['clarify']:.1%} / {oos['out_of_scope']:.1%} |"
+        )
+        print(
+            f"| borderline, not declined: in-scope / held-out intents' messages ({when}) | "
+            f"{h['second_opinion_asked_in_scope']:.1%} / {h['second_opinion_asked_oos']:.1%} |"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -38,6 +38,7 @@ BOT_DECISION_FIELDS = (
     "template_similarity",
     "nearest_similarity",
     "out_of_scope_similarity",
+    "second_opinion",
     "suggestions",
     "model_version",
     "index_version",

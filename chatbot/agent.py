@@ -20,6 +20,7 @@ from django.conf import settings
 
 from chatbot.batching import Batched
 from chatbot.runtime import Analysis, Runtime, get_runtime
+from chatbot.second_opinion import NONE, Topic, get_second_opinion
 from training.policy import ANSWER, CLARIFY, OUT_OF_SCOPE
 
 HANDOFF = "handoff"
@@ -55,6 +56,8 @@ class AgentReply:
     nearest_intent: str = ""
     # (intent, label) pairs offered as quick replies by a clarifying question.
     choices: tuple[tuple[str, str], ...] = ()
+    # What the optional second opinion said: an intent, "none", "failed"; "" when not asked.
+    second_opinion: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -166,6 +169,27 @@ class Agent:
             if intent not in known:
                 decision = OUT_OF_SCOPE
         vector = analysis.vector[None, :]
+        second_opinion, asked = "", {}
+        if (
+            not chosen_intent
+            and decision in (ANSWER, CLARIFY)
+            and intent != self.handoff_intent
+            and (helper := get_second_opinion()) is not None
+            and (
+                settings.CHATBOT_OPENAI_CHECK == "all"
+                or analysis.policy.borderline(confidence, similarity, oos_similarity)
+            )
+        ):
+            offered = [r.intent for r in ranked[:3] if r.intent in known]
+            candidates = [i for i in offered if i != self.handoff_intent]
+            topics = self._topics(index, vector, candidates)
+            second_opinion, asked["second_opinion_ms"] = await helper.topic(text, topics)
+            if second_opinion == NONE:
+                decision = OUT_OF_SCOPE
+            elif second_opinion in candidates and decision == CLARIFY:
+                decision, intent = ANSWER, second_opinion  # it settled the question
+            elif second_opinion in candidates and second_opinion != intent:
+                decision = CLARIFY  # the two disagree: the customer says which
         policy_started = time.perf_counter()
         template = None
         choices: tuple[tuple[str, str], ...] = ()
@@ -210,10 +234,12 @@ class Agent:
             out_of_scope_similarity=None if oos_similarity is None else round(oos_similarity, 4),
             nearest_intent=analysis.example_hits[0].intent,
             choices=choices,
+            second_opinion=second_opinion,
             timings={
                 "queue_ms": round(batched.queue_ms, 2),
                 "analyse_ms": round(batched.run_ms, 2),
                 **analysis.stages,
+                **asked,
                 "batch_size": batched.batch_size,
                 "policy_ms": round((time.perf_counter() - policy_started) * 1000, 2),
                 "agent_ms": round((time.perf_counter() - started) * 1000, 2),
@@ -235,9 +261,28 @@ class Agent:
                 choices.append((intent, label))
         return tuple(choices)
 
+    @staticmethod
+    def _topics(index, vector, intents: list[str]) -> list[Topic]:
+        """What the second opinion reads of each intent: its phrasings nearest to the message
+        that the company wrote, and the answer the bot would give."""
+        topics = []
+        for intent in intents:
+            hits = index.search_examples(vector, CHOICE_CANDIDATES, intent=intent)[0]
+            templates = index.search_templates(vector, 1, intent=intent)[0]
+            topics.append(
+                Topic(
+                    intent=intent,
+                    examples=tuple(hit.text for hit in hits if hit.public)[:TOPIC_EXAMPLES],
+                    answer=templates[0].text if templates else "",
+                )
+            )
+        return topics
+
 
 # How many of an intent's nearest examples a clarifying question looks through for a label.
 CHOICE_CANDIDATES = 8
+# How many of its phrasings the second opinion reads of each intent.
+TOPIC_EXAMPLES = 3
 
 
 def intent_label(intent: str) -> str:

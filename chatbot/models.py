@@ -187,6 +187,13 @@ class Message(models.Model):
         "model's space; the out-of-scope check compares it with the similarity to the known "
         "examples. Empty when the model was trained without any.",
     )
+    second_opinion = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="What the optional OpenAI second opinion said of a borderline message: the "
+        "intent it asks about, none (declined as out of scope) or failed (no usable answer in "
+        "time; the bot decided alone). Empty when it was not asked.",
+    )
     suggestions = models.JSONField(default=list, blank=True)
     model_version = models.ForeignKey(
         ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

@@ -344,6 +344,7 @@ def _bot_message(
         ],
         nearest_similarity=reply.nearest_example_similarity,
         out_of_scope_similarity=reply.out_of_scope_similarity,
+        second_opinion=reply.second_opinion,
         nearest_intent=reply.nearest_intent,
         template_id=template_id,
         template_similarity=reply.template_similarity,

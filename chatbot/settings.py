@@ -263,9 +263,19 @@ CHATBOT_HISTORY_LIMIT = int(env("CHATBOT_HISTORY_LIMIT", "200"))
 # Model versions whose files a training run keeps besides the live one and the one a rollback
 # returns to (older ones keep their row and metrics).
 CHATBOT_KEEP_MODEL_VERSIONS = int(env("CHATBOT_KEEP_MODEL_VERSIONS", "5"))
-# Optional helper; off without a key.
+# Optional helper, off without a key: an OpenAI-compatible chat model gives a second opinion on
+# borderline messages (see chatbot.second_opinion). OPENAI_BASE_URL: another compatible server.
 OPENAI_API_KEY = env("OPENAI_API_KEY")
 OPENAI_BASE_URL = env("OPENAI_BASE_URL")
+CHATBOT_OPENAI_MODEL = env("CHATBOT_OPENAI_MODEL", "gpt-4o-mini")
+CHATBOT_OPENAI_TIMEOUT_S = float(env("CHATBOT_OPENAI_TIMEOUT_S", "3"))
+# Which messages it reads: "borderline" (the model version's least in-scope-looking tenth that
+# the policy does not decline), "all" (every message the bot would answer or ask about), "off".
+CHATBOT_OPENAI_CHECK = env("CHATBOT_OPENAI_CHECK", "borderline")
+if CHATBOT_OPENAI_CHECK not in ("borderline", "all", "off"):
+    raise ImproperlyConfigured(
+        f"CHATBOT_OPENAI_CHECK={CHATBOT_OPENAI_CHECK!r}: use borderline, all or off."
+    )
 
 # ---------------------------------------------------------------------------------------------
 # Logging

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 from collections.abc import Callable, Iterator
 
@@ -25,7 +26,7 @@ def live_policy(knowledge_base, demo_model) -> Iterator[Callable[..., ModelVersi
 
     def make(**policy: float) -> ModelVersion:
         directory, metrics = demo_model
-        copy = store.root / f"{directory.name}-{len(list(store.root.iterdir()))}"
+        copy = store.root / f"{directory.name}-{secrets.token_hex(4)}"
         shutil.copytree(directory, copy)
         thresholds = json.loads((copy / "thresholds.json").read_text())
         thresholds["policy"] = policy

@@ -93,3 +93,10 @@ def test_a_site_served_over_https_keeps_its_cookies_to_https() -> None:
 
     assert (plain["secure_cookies"], plain["hsts"]) == ([False, False], 0)
     assert (https["secure_cookies"], https["hsts"]) == ([True, True], 3600)
+
+
+def test_a_mistyped_second_opinion_setting_stops_the_start() -> None:
+    result = run_settings(CHATBOT_OPENAI_CHECK="borderlines")
+
+    assert result.returncode != 0
+    assert "CHATBOT_OPENAI_CHECK='borderlines': use borderline, all or off." in result.stderr

@@ -67,6 +67,27 @@ def test_fit_policy_without_out_of_scope_examples_keeps_false_declines_within_th
     assert correct[answered].mean() >= 0.97
 
 
+def test_the_borderline_is_the_least_in_scope_looking_tenth_the_policy_does_not_decline() -> None:
+    rng = np.random.default_rng(1)
+    confidence = rng.beta(5, 1, size=2000)
+    similarity = rng.uniform(0.3, 1.0, size=2000)
+    correct = rng.uniform(size=2000) < confidence
+
+    policy = fit_policy(confidence, correct, similarity, second_opinion_share=0.10)
+
+    pairs = list(zip(confidence, similarity, strict=True))
+    declined = np.array([policy.decide(c, s) == OUT_OF_SCOPE for c, s in pairs])
+    borderline = np.array([policy.borderline(c, s) for c, s in pairs])
+    assert 0.099 <= borderline.mean() <= 0.101
+    assert borderline[declined].all()  # what is declined is below it too
+    kept = borderline & ~declined  # what a second opinion would read
+    assert 0.06 <= kept.mean() <= 0.08
+    assert Policy.from_dict(policy.to_dict()) == policy
+    # a model saved before the borderline was fitted has none
+    assert not Policy.from_dict({"answer": 0.5, "oos_threshold": -2.0}).borderline(0.1, 0.0)
+    assert not policy.borderline(0.1, None)  # similarity not measured
+
+
 def test_fit_policy_with_out_of_scope_examples_weighs_the_signal_that_catches_them() -> None:
     # given: out-of-scope messages told apart by similarity only; confidence is noise
     rng = np.random.default_rng(1)
