@@ -26,6 +26,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory, django_db_blocker) -> Pat
     # Connections opened on Channels' database thread must close after each use, or the test
     # database cannot be dropped at the end of the run.
     settings.DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # A developer's own OpenAI key must not send test messages anywhere (tests that use the
+    # second opinion point it at a local server).
+    settings.OPENAI_API_KEY = settings.OPENAI_BASE_URL = ""
     get_runtime.cache_clear()
     return path
 

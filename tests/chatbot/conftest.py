@@ -83,6 +83,7 @@ class Daphne:
             "CHATBOT_DATA_DIR": str(data_dir),
             "CHATBOT_VAR_DIR": str(var_dir),
             "HF_HUB_OFFLINE": "1",
+            "OPENAI_API_KEY": "",  # never the developer's own, unless a test sets one
             **(env or {}),
         }
         self.process: subprocess.Popen | None = None

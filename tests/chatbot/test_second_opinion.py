@@ -232,3 +232,35 @@ async def test_without_a_usable_answer_in_time_the_bot_decides_alone(
     assert len(warnings) == len(failures) and all("deciding alone" in w for w in warnings)
     assert "Timeout" in warnings[0] and "topic 7" in warnings[3]
     await communicator.disconnect()
+
+
+@pytest.mark.server
+@pytest.mark.usefixtures("knowledge_base")
+async def test_a_daphne_server_reads_its_second_opinion_settings_from_the_environment(
+    daphne_factory, fake_openai: FakeOpenAI
+) -> None:
+    # given: a server process started as an operator would, with the helper's settings
+    from asgiref.sync import sync_to_async
+    from websockets.asyncio.client import connect
+
+    from tests.chatbot.test_server import chat
+
+    server = await sync_to_async(
+        daphne_factory(
+            OPENAI_API_KEY="sk-operator",
+            OPENAI_BASE_URL=fake_openai.url,
+            CHATBOT_OPENAI_MODEL="gpt-operator",
+            CHATBOT_OPENAI_CHECK="all",
+        ).start
+    )()
+
+    # when
+    async with connect(server.ws_url, origin=server.url, open_timeout=20) as ws:
+        await ws.recv()
+        reply = await chat(ws, "Can I pay with PayPal?", "d-1")
+
+    # then: the chat model it was pointed at said none of the topics, so the bot declined
+    assert reply["decision"] == "out_of_scope"
+    (request,) = fake_openai.requests
+    assert request["authorization"] == "Bearer sk-operator" and request["model"] == "gpt-operator"
+    assert (await bot_message(reply)).second_opinion == "none"
