@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -48,6 +49,25 @@ def page(browser: Browser) -> Iterator[Page]:
     opened = context.new_page()
     yield opened
     context.close()
+    # Closing the page closes its chat, and the server's handling of that still queries the
+    # database: let it finish before the test database is emptied (TRUNCATE), which it would
+    # otherwise deadlock with on a busy machine.
+    server_queries_settle()
+
+
+def server_queries_settle(timeout_s: float = 10.0) -> None:
+    from django.db import connection
+
+    deadline = time.monotonic() + timeout_s
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND state NOT IN ('idle')"
+            )
+            if cursor.fetchone()[0] == 0:
+                return
+            time.sleep(0.05)
 
 
 def open_widget(page: Page, server: LiveServer) -> None:
