@@ -12,6 +12,7 @@ is out of scope. Asking for a person hands the conversation off.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field, replace
@@ -169,6 +170,15 @@ class Agent:
             if intent not in known:
                 decision = OUT_OF_SCOPE
         vector = analysis.vector[None, :]
+
+        @functools.cache
+        def phrasings(intent: str) -> tuple[str, ...]:
+            """The company's own phrasings of `intent` nearest to the message, nearest first
+            (never another customer's words); searched once for the second opinion and the
+            clarifying question alike."""
+            hits = index.search_examples(vector, CHOICE_CANDIDATES, intent=intent)[0]
+            return tuple(hit.text for hit in hits if hit.public)
+
         second_opinion, asked = "", {}
         if (
             not chosen_intent
@@ -182,7 +192,7 @@ class Agent:
         ):
             offered = [r.intent for r in ranked[:3] if r.intent in known]
             candidates = [i for i in offered if i != self.handoff_intent]
-            topics = self._topics(index, vector, candidates)
+            topics = self._topics(index, vector, candidates, phrasings)
             second_opinion, asked["second_opinion_ms"] = await helper.topic(text, topics)
             if second_opinion == NONE:
                 decision = OUT_OF_SCOPE
@@ -194,9 +204,7 @@ class Agent:
         template = None
         choices: tuple[tuple[str, str], ...] = ()
         if decision == CLARIFY:
-            choices = self._choices(
-                index, vector, [r.intent for r in ranked[:3] if r.intent in known]
-            )
+            choices = self._choices([r.intent for r in ranked[:3] if r.intent in known], phrasings)
             if len(choices) < 2 and self.handoff_intent not in dict(choices):
                 # The others are no longer known: the choice is this one or a person, else
                 # there is nothing to choose and the one known intent is answered.
@@ -247,14 +255,13 @@ class Agent:
         )
 
     @staticmethod
-    def _choices(index, vector, intents: list[str]) -> tuple[tuple[str, str], ...]:
+    def _choices(intents: list[str], phrasings) -> tuple[tuple[str, str], ...]:
         """For each intent, a quick reply: its phrasing closest to the message among those the
-        company wrote (never another customer's words), else its name; each label once, since
-        the label the customer picks names the intent."""
+        company wrote, else its name; each label once, since the label the customer picks names
+        the intent."""
         choices: list[tuple[str, str]] = []
         for intent in intents:
-            hits = index.search_examples(vector, CHOICE_CANDIDATES, intent=intent)[0]
-            labels = [hit.text for hit in hits if hit.public] + [intent_label(intent)]
+            labels = [*phrasings(intent), intent_label(intent)]
             taken = {label.lower() for _, label in choices}
             label = next((label for label in labels if label.lower() not in taken), None)
             if label is not None:
@@ -262,17 +269,16 @@ class Agent:
         return tuple(choices)
 
     @staticmethod
-    def _topics(index, vector, intents: list[str]) -> list[Topic]:
+    def _topics(index, vector, intents: list[str], phrasings) -> list[Topic]:
         """What the second opinion reads of each intent: its phrasings nearest to the message
         that the company wrote, and the answer the bot would give."""
         topics = []
         for intent in intents:
-            hits = index.search_examples(vector, CHOICE_CANDIDATES, intent=intent)[0]
             templates = index.search_templates(vector, 1, intent=intent)[0]
             topics.append(
                 Topic(
                     intent=intent,
-                    examples=tuple(hit.text for hit in hits if hit.public)[:TOPIC_EXAMPLES],
+                    examples=phrasings(intent)[:TOPIC_EXAMPLES],
                     answer=templates[0].text if templates else "",
                 )
             )

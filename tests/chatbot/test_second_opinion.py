@@ -151,6 +151,11 @@ async def test_it_settles_a_clarifying_question_or_turns_a_disputed_answer_into_
     assert stored.second_opinion == stored.top_k[1]["intent"]
     offered = [alt["intent"] for alt in stored.top_k if "label" in alt]
     assert stored.top_k[0]["intent"] in offered and stored.second_opinion in offered
+    # the quick replies are phrasings the chat model was shown for their topics
+    asked = second_opinion.requests[-1]["messages"][-1]["content"]
+    labels = [alt["label"] for alt in stored.top_k if "label" in alt]
+    assert labels == disputed["suggestions"]
+    assert all(f"example: {json.dumps(label)}" in asked for label in labels)
     await communicator.disconnect()
 
 
