@@ -13,7 +13,7 @@ from urllib.parse import parse_qs
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from chatbot import protocol, selectors, services
+from chatbot import protocol, security, selectors, services
 from chatbot.agent import Agent, AgentUnavailable
 from chatbot.db import db_async
 from chatbot.models import Conversation
@@ -158,6 +158,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "Connect without its id to start a new one.",
             )
             return
+        reply = None
+        waiting = context is not None and context.status == Conversation.Status.NEEDS_HUMAN
         try:
             if not created:
                 # A repeat: its reply, once the first try has stored it.
@@ -169,7 +171,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 # None is coming: the first try failed (internal_error, say), and this is the
                 # customer trying again; answered now, unless a person has the conversation.
                 context = None
-            await services.bot_turn(
+            reply = await services.bot_turn(
                 customer_message=message,
                 received_at=received_at,
                 agent=self.agent,
@@ -181,12 +183,26 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except AgentUnavailable as error:
             logger.error("Cannot answer: %s", error)
             await self.send_error("agent_unavailable", frame.client_id)
-            return
         except Exception:
             # The message is stored; the customer hears that something failed, and the
             # connection stays open for the next message.
             logger.exception("Failed to answer message %s", message.pk)
             await self.send_error("internal_error", frame.client_id)
+        if created:  # a repeat was shown the first time
+            await self.show_staff(message, reply, waiting=waiting)
+
+    async def show_staff(self, message, reply, *, waiting: bool) -> None:
+        """The turn on the support team's open admin pages, once the customer has the reply."""
+        try:
+            await services.staff_turn_publish(
+                conversation=self.conversation,
+                customer_message=message,
+                reply=reply,
+                waiting=waiting,
+            )
+        except Exception:
+            # Stored: the pages show it when reloaded.
+            logger.exception("Could not show message %s to the support team live", message.pk)
 
     async def started(self) -> int:
         """The conversation's primary key, storing it first if this is its first message."""
@@ -213,6 +229,54 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def send_json(self, content: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(content, ensure_ascii=False))
+
+
+class StaffConsumer(AsyncWebsocketConsumer):
+    """What the support team's open admin pages hear, live: the list of conversations, those
+    left waiting for a person; a conversation's page (`?conversation=<id>`), its messages as
+    they are stored. Only for staff allowed to view conversations, from a page of this very
+    site (the session cookie authenticates, so another site's page must not open it, whatever
+    CHATBOT_WIDGET_ORIGINS lets embed the chat). It only listens: replies go through admin."""
+
+    async def connect(self) -> None:
+        origin, host = security.header(self.scope, b"origin"), security.header(self.scope, b"host")
+        user = self.scope.get("user")
+        if not security.same_site(origin, host) or not await db_async(_may_watch)(user):
+            await self.close()  # before accepting: the handshake gets 403
+            return
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
+        conversation = _valid_uuid(query.get("conversation", [""])[0])
+        self.watched = [
+            services.staff_conversation_group(conversation)
+            if conversation
+            else services.STAFF_INBOX_GROUP
+        ]
+        for group in self.watched:
+            await self.channel_layer.group_add(group, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        for group in getattr(self, "watched", ()):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def staff_frames(self, event: dict[str, Any]) -> None:
+        for frame in event["frames"]:
+            await self.send(text_data=json.dumps(frame, ensure_ascii=False))
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        error = protocol.ProtocolError(
+            "read_only", "This connection only listens; reply from the conversation's page."
+        )
+        await self.send(text_data=json.dumps(error.frame()))
+
+
+def _may_watch(user) -> bool:
+    return bool(
+        user is not None
+        and user.is_active
+        and user.is_staff
+        and user.has_perm("chatbot.view_conversation")
+    )
 
 
 def _valid_uuid(value: str) -> str:

@@ -136,6 +136,20 @@ def message_frame(message: Message) -> dict[str, Any]:
     }
 
 
+def staff_message_frame(message: Message, *, conversation: str, status: str) -> dict[str, Any]:
+    """A stored message as the support team's live admin pages get it: a bot reply with what
+    the bot decided, and the conversation's status after it."""
+    frame = {"type": "message", "conversation": conversation, "status": status}
+    frame |= message_frame(message)
+    if message.role == Message.Role.BOT:
+        frame |= {
+            "decision": message.decision,
+            "intent": message.intent.name if message.intent else None,
+            "confidence": message.confidence,
+        }
+    return frame
+
+
 def reply_frame(reply: Message, *, in_reply_to: str) -> dict[str, Any]:
     """A stored bot reply as the reply frame."""
     return _reply_frame(

@@ -1,5 +1,8 @@
 from django.urls import path
 
-from chatbot.consumers import ChatConsumer
+from chatbot.consumers import ChatConsumer, StaffConsumer
 
-websocket_urlpatterns = [path("ws/chat/", ChatConsumer.as_asgi())]
+websocket_urlpatterns = [
+    path("ws/chat/", ChatConsumer.as_asgi()),
+    path("ws/staff/", StaffConsumer.as_asgi()),
+]

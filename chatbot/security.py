@@ -14,7 +14,7 @@ _refused: set[str] = set()
 _REFUSED_REMEMBERED = 1000
 
 
-def _header(scope, name: bytes) -> str:
+def header(scope, name: bytes) -> str:
     for key, value in scope.get("headers", []):
         if key == name:
             return value.decode("latin1")
@@ -38,6 +38,16 @@ def origin_allowed(origin: str, host: str) -> bool:
         o.strip().lower().rstrip("/") for o in settings.CHATBOT_WIDGET_ORIGINS
     }:
         return True
+    return same_site(origin, host)
+
+
+def same_site(origin: str, host: str) -> bool:
+    """Whether a page at `origin` belongs to this very site: the same host and port as the
+    server was reached by (`host`, its Host header), that host one of ALLOWED_HOSTS. What the
+    support team's live admin pages must be, whatever CHATBOT_WIDGET_ORIGINS allows."""
+    parts = urlsplit(origin.strip().lower())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return False
     domain, _port = split_domain_port(host.lower())
     return (
         bool(domain)
@@ -56,7 +66,7 @@ class WidgetOriginValidator:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "websocket":
             raise ValueError("WidgetOriginValidator guards WebSocket connections only.")
-        origin, host = _header(scope, b"origin"), _header(scope, b"host")
+        origin, host = header(scope, b"origin"), header(scope, b"host")
         if origin_allowed(origin, host):
             return await self.application(scope, receive, send)
         _log_refused(origin, host)

@@ -14,6 +14,7 @@ from typing import NamedTuple, TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
@@ -558,16 +559,63 @@ def conversation_group(public_id) -> str:
     return f"conversation.{public_id}"
 
 
+# The support team's live admin pages: every one hears of the conversations waiting for a person
+# (STAFF_INBOX_GROUP); a conversation's page, of its messages (`staff_conversation_group`).
+STAFF_INBOX_GROUP = "staff.inbox"
+# How much of the customer's message a "waiting" notice shows.
+WAITING_PREVIEW_CHARS = 200
+
+
+def staff_conversation_group(public_id) -> str:
+    """The Channels group of the admin pages that show a conversation live."""
+    return f"staff.conversation.{public_id}"
+
+
+async def staff_turn_publish(
+    *, conversation: Conversation, customer_message: Message, reply: Message | None, waiting: bool
+) -> None:
+    """Show a customer's turn on the support team's open admin pages: the message and the bot's
+    reply on the conversation's page; on every page, a notice when the turn leaves the
+    conversation waiting for a person (the bot handed it off, or the customer wrote while it
+    waited)."""
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    public_id = str(conversation.public_id)
+    handed_off = reply is not None and reply.decision == Message.Decision.HANDOFF
+    status = Conversation.Status.NEEDS_HUMAN if waiting or handed_off else Conversation.Status.BOT
+    frames = [
+        protocol.staff_message_frame(message, conversation=public_id, status=status)
+        for message in (customer_message, reply)
+        if message is not None
+    ]
+    await layer.group_send(
+        staff_conversation_group(public_id), {"type": "staff.frames", "frames": frames}
+    )
+    if handed_off or waiting:
+        notice = {
+            "type": "waiting",
+            "conversation": public_id,
+            "reason": "handoff" if handed_off else "message",
+            "text": customer_message.text[:WAITING_PREVIEW_CHARS],
+            "url": reverse("admin:chatbot_conversation_change", args=[public_id]),
+        }
+        await layer.group_send(STAFF_INBOX_GROUP, {"type": "staff.frames", "frames": [notice]})
+
+
 def _broadcast(conversation: Conversation, message: Message, *, status: str) -> None:
+    """Send a message from the support team (or the system) to the conversation's open widgets,
+    and to the team's pages that show it."""
     from asgiref.sync import async_to_sync
     from channels.layers import get_channel_layer
 
     frame = {"type": "message", **protocol.message_frame(message), "status": status}
+    public_id = str(conversation.public_id)
+    staff_frame = protocol.staff_message_frame(message, conversation=public_id, status=status)
+    send = async_to_sync(get_channel_layer().group_send)
     try:
-        async_to_sync(get_channel_layer().group_send)(
-            conversation_group(conversation.public_id),
-            {"type": "conversation.message", "frame": frame},
-        )
+        send(conversation_group(public_id), {"type": "conversation.message", "frame": frame})
+        send(staff_conversation_group(public_id), {"type": "staff.frames", "frames": [staff_frame]})
     except Exception:
         # Stored already (this runs after commit): an open widget gets it with the history
         # when it reconnects. A 500 now would tell the admin the change failed; it did not.

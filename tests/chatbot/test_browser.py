@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -253,6 +254,45 @@ def test_a_customer_asks_for_a_person_and_sees_the_admins_reply_live(
     page.get_by_test_id("chat-launcher").click()
     expect(bubbles(page, "agent")).to_have_count(2)
     expect(bubbles(page, "system")).to_have_count(0)
+
+
+def test_the_team_hears_of_a_hand_off_and_sees_the_customer_write_live(
+    browser: Browser, page: Page, daphne_server: LiveServer
+) -> None:
+    with support_admin(browser, daphne_server) as admin:
+        # given: a support admin with the list of conversations open
+        admin.goto(f"{daphne_server.url}/admin/chatbot/conversation/")
+        expect(admin.locator("#live-waiting [data-live-state]")).to_have_attribute(
+            "data-state", "live"
+        )
+
+        # when: a customer asks for a person
+        open_widget(page, daphne_server)
+        first_reply(page, "I want to talk to a real person")
+
+        # then: the list says so without a reload, and so does the tab's title
+        notice = admin.locator("[data-live-waiting] li")
+        expect(notice).to_have_text(
+            "A conversation was handed to the team: “I want to talk to a real person”"
+        )
+        expect(admin).to_have_title(re.compile(r"^\(1\) "))
+
+        # when: the admin opens it, and the customer writes while waiting
+        notice.get_by_role("link").click()
+        expect(admin.locator("#live-conversation [data-live-state]")).to_have_attribute(
+            "data-state", "live"
+        )
+        page.get_by_test_id("chat-input").fill("<img src=x onerror=alert(1)> still there?")
+        page.get_by_test_id("chat-send").click()
+
+        # then: the page shows it as it is stored, as text
+        expect(admin.locator("[data-live-messages] li")).to_have_text(
+            "Customer: <img src=x onerror=alert(1)> still there?", timeout=REPLY_TIMEOUT_MS
+        )
+        expect(admin.locator("[data-live-status]")).to_have_text(
+            "Status now: waiting for a person."
+        )
+        expect(admin.locator("[data-live-messages] img")).to_have_count(0)
 
 
 def test_a_message_over_the_limit_is_not_cut_and_not_sent_until_shortened(

@@ -1,0 +1,120 @@
+/*!
+ * The support team's admin pages, live (Django admin, conversations).
+ *
+ * The list of conversations tells of every conversation left waiting for a person while it is
+ * open (handed off by the bot, or a customer writing while they wait) and counts them in the
+ * tab's title; a conversation's page shows its new messages as they are stored, with what the
+ * bot decided, and its status. Listens on the server's /ws/staff/ WebSocket (staff only, this
+ * site only) and reconnects with backoff. Everything a customer wrote is shown as text, never as
+ * markup.
+ */
+(function () {
+  "use strict";
+
+  const ROLES = { customer: "Customer", bot: "Bot", agent: "Team", system: "System" };
+  const STATUSES = {
+    bot: "the bot is answering",
+    needs_human: "waiting for a person",
+    closed: "closed",
+  };
+  const RETRY_MS = [1000, 2000, 5000, 10000, 30000];
+
+  function listen(root, onFrame) {
+    const state = root.querySelector("[data-live-state]");
+    let failures = 0;
+    function show(live) {
+      if (!state) return;
+      state.dataset.state = live ? "live" : "offline";
+      state.textContent = live
+        ? state.dataset.liveText
+        : "Not live: reconnecting… (reload the page if you have been logged out)";
+    }
+    function open() {
+      const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+      const socket = new WebSocket(scheme + window.location.host + root.dataset.staffSocket);
+      socket.addEventListener("open", function () {
+        failures = 0;
+        show(true);
+      });
+      socket.addEventListener("message", function (event) {
+        let frame;
+        try {
+          frame = JSON.parse(event.data);
+        } catch (error) {
+          return;
+        }
+        onFrame(frame);
+      });
+      socket.addEventListener("close", function () {
+        show(false);
+        window.setTimeout(open, RETRY_MS[Math.min(failures, RETRY_MS.length - 1)]);
+        failures += 1;
+      });
+    }
+    open();
+  }
+
+  function conversationPage(root) {
+    const list = root.querySelector("[data-live-messages]");
+    const status = root.querySelector("[data-live-status]");
+    const shown = new Set();
+    listen(root, function (frame) {
+      if (frame.type !== "message" || shown.has(frame.id)) return;
+      shown.add(frame.id);
+      const item = document.createElement("li");
+      item.dataset.role = frame.role;
+      const who = document.createElement("strong");
+      who.textContent = (ROLES[frame.role] || frame.role) + ": ";
+      item.append(who, document.createTextNode(frame.text));
+      if (frame.role === "bot" && frame.decision) {
+        const why = document.createElement("span");
+        why.className = "quiet";
+        const intent = frame.intent
+          ? ", " + frame.intent + " " + Number(frame.confidence).toFixed(2)
+          : "";
+        why.textContent = " (" + frame.decision + intent + ")";
+        item.append(why);
+      }
+      list.append(item);
+      if (status && frame.status) {
+        status.dataset.status = frame.status;
+        status.textContent = "Status now: " + (STATUSES[frame.status] || frame.status) + ".";
+      }
+    });
+  }
+
+  function listPage(root) {
+    const list = root.querySelector("[data-live-waiting]");
+    const title = document.title;
+    const items = new Map();
+    listen(root, function (frame) {
+      if (frame.type !== "waiting") return;
+      let item = items.get(frame.conversation);
+      if (!item) {
+        item = document.createElement("li");
+        item.className = "warning";
+        items.set(frame.conversation, item);
+      }
+      const link = document.createElement("a");
+      link.href = frame.url;
+      link.textContent =
+        frame.reason === "handoff"
+          ? "A conversation was handed to the team"
+          : "A customer wrote while waiting for the team";
+      item.replaceChildren(link, document.createTextNode(": “" + frame.text + "”"));
+      list.prepend(item); // the latest first
+      root.hidden = false;
+      document.title = "(" + items.size + ") " + title;
+    });
+  }
+
+  function start() {
+    document.querySelectorAll("[data-staff-socket]").forEach(function (root) {
+      if (root.dataset.staffPage === "conversation") conversationPage(root);
+      else listPage(root);
+    });
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();

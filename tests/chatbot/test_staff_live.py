@@ -1,0 +1,155 @@
+"""The support team's admin pages, live: the staff WebSocket over the real ASGI application, on
+the real demo model."""
+
+from __future__ import annotations
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from chatbot.asgi import application
+from chatbot.models import Conversation
+from tests.chatbot.test_consumer import HOST, ORIGIN, open_chat, send_message
+from tests.chatbot.test_policy_chat import live_policy  # noqa: F401  (a fixture)
+
+
+def staff_socket(client: Client | None, query: str = "", origin: bytes = ORIGIN):
+    headers = [(b"origin", origin), (b"host", HOST)]
+    if client is not None and "sessionid" in client.cookies:
+        headers.append((b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()))
+    return WebsocketCommunicator(application, f"/ws/staff/{query}", headers=headers)
+
+
+async def listening(client: Client, query: str = "") -> WebsocketCommunicator:
+    communicator = staff_socket(client, query)
+    connected, _ = await communicator.connect(timeout=10)
+    assert connected
+    return communicator
+
+
+async def test_the_team_sees_a_conversation_live_and_hears_of_every_hand_off(
+    live_policy,  # noqa: F811
+    admin_client: Client,
+) -> None:
+    # given: the list of conversations open in admin, and a customer chatting
+    await database_sync_to_async(live_policy)(answer=0.0)
+    inbox = await listening(admin_client)
+    customer, history = await open_chat()
+    public_id = history["conversation"]
+    await send_message(customer, "what are your opening hours?", "l-1")
+
+    # then: a conversation the bot answers is no news for the list
+    assert await inbox.receive_nothing(timeout=1)
+
+    # when: the customer asks for a person
+    await send_message(customer, "I want to talk to a real person", "l-2")
+
+    # then: every open list hears of it, with where to answer it
+    notice = await inbox.receive_json_from(timeout=10)
+    assert notice == {
+        "type": "waiting",
+        "conversation": public_id,
+        "reason": "handoff",
+        "text": "I want to talk to a real person",
+        "url": f"/admin/chatbot/conversation/{public_id}/change/",
+    }
+
+    # when: an admin opens the conversation, and the customer writes while waiting
+    page = await listening(admin_client, f"?conversation={public_id}")
+    await customer.send_json_to({"type": "message", "text": "hello?? <b>anyone</b>", "id": "l-3"})
+    assert (await customer.receive_json_from(timeout=10))["type"] == "ack"
+
+    # then: the page shows the message, and the list hears that they wrote
+    message = await page.receive_json_from(timeout=10)
+    assert (message["type"], message["conversation"], message["role"]) == (
+        "message",
+        public_id,
+        "customer",
+    )
+    assert (message["text"], message["status"]) == ("hello?? <b>anyone</b>", "needs_human")
+    assert (await inbox.receive_json_from(timeout=10))["reason"] == "message"
+
+    # when: an admin replies from Django admin, then hands the conversation back to the bot
+    conversation = await Conversation.objects.aget(public_id=public_id)
+    post = sync_to_async(admin_client.post)
+    await post(
+        f"/admin/chatbot/conversation/{conversation.pk}/reply/", {"staff_reply": "Sam here."}
+    )
+    await post(f"/admin/chatbot/conversation/{conversation.pk}/hand-back/")
+
+    # then: the page shows both as they happen
+    reply = await page.receive_json_from(timeout=10)
+    handed_back = await page.receive_json_from(timeout=10)
+    assert (reply["role"], reply["text"], reply["status"]) == ("agent", "Sam here.", "needs_human")
+    assert (handed_back["role"], handed_back["status"]) == ("system", "bot")
+
+    # when: the bot answers again
+    await customer.receive_json_from(timeout=10)  # the widget's copies of the two
+    await customer.receive_json_from(timeout=10)
+    answer = await send_message(customer, "what are your opening hours?", "l-4")
+
+    # then: the page shows the question and the answer with what the bot decided
+    question, shown = await page.receive_json_from(10), await page.receive_json_from(10)
+    assert (question["role"], question["text"]) == ("customer", "what are your opening hours?")
+    assert (shown["id"], shown["role"], shown["text"]) == (answer["id"], "bot", answer["text"])
+    assert (shown["decision"], shown["intent"], shown["status"]) == (
+        "answer",
+        "opening_hours",
+        "bot",
+    )
+    assert shown["confidence"] == pytest.approx(answer["confidence"])
+    # ... and the list hears nothing of it
+    assert await inbox.receive_nothing(timeout=1)
+    for communicator in (customer, page, inbox):
+        await communicator.disconnect()
+
+
+async def test_only_staff_who_may_view_conversations_on_this_site_may_listen(
+    knowledge_base, client: Client, settings
+) -> None:
+    from django.contrib.auth.models import Permission, User
+
+    def account(name: str, *, staff: bool, view: bool, superuser: bool = False) -> Client:
+        user = User.objects.create_user(
+            name, password="pass-for-tests-1", is_staff=staff, is_superuser=superuser
+        )
+        if view:
+            user.user_permissions.set(Permission.objects.filter(codename="view_conversation"))
+        logged_in = Client()
+        logged_in.force_login(user)
+        return logged_in
+
+    accounts = await database_sync_to_async(
+        lambda: {
+            "viewer": account("viewer", staff=True, view=True),
+            "no permission": account("clerk", staff=True, view=False),
+            "not staff": account("customer", staff=False, view=True),
+            "superuser": account("root", staff=True, view=False, superuser=True),
+        }
+    )()
+    settings.CHATBOT_WIDGET_ORIGINS = ["*"]  # any site may embed the chat; not watch the team's
+
+    async def refused(communicator: WebsocketCommunicator) -> bool:
+        connected, _ = await communicator.connect(timeout=10)
+        await communicator.disconnect()
+        return not connected
+
+    # then: refused without a login, without the permission, outside the staff, from elsewhere
+    assert await refused(staff_socket(None))
+    assert await refused(staff_socket(accounts["no permission"]))
+    assert await refused(staff_socket(accounts["not staff"]))
+    assert await refused(staff_socket(accounts["superuser"], origin=b"https://evil.example"))
+    assert await refused(staff_socket(accounts["superuser"], origin=b""))
+
+    # when: an account that may view conversations listens, and tries to talk
+    viewer = await listening(accounts["viewer"])
+    await viewer.send_to(text_data='{"type": "message", "text": "hi", "id": "x"}')
+
+    # then: it listens only
+    error = await viewer.receive_json_from(timeout=10)
+    assert (error["type"], error["code"]) == ("error", "read_only")
+    await viewer.disconnect()
+    superuser = await listening(accounts["superuser"])
+    await superuser.disconnect()
