@@ -7,11 +7,14 @@ import logging
 import math
 import time
 import uuid
+from importlib import import_module
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.contrib import auth
 
 from chatbot import protocol, security, selectors, services
 from chatbot.agent import Agent, AgentUnavailable
@@ -231,6 +234,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=json.dumps(content, ensure_ascii=False))
 
 
+# How often, at most, a live admin page's login is checked again (when it has something to hear).
+STAFF_RECHECK_S = 10.0
+STAFF_LOGGED_OUT = 4401  # the close code when it fails
+
+
 class StaffConsumer(AsyncWebsocketConsumer):
     """What the support team's open admin pages hear, live: the list of conversations, those
     left waiting for a person; a conversation's page (`?conversation=<id>`), its messages as
@@ -251,6 +259,8 @@ class StaffConsumer(AsyncWebsocketConsumer):
             if conversation
             else services.STAFF_INBOX_GROUP
         ]
+        self.session_key = self.scope["session"].session_key
+        self.checked_at = time.monotonic()
         for group in self.watched:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
@@ -260,6 +270,12 @@ class StaffConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(group, self.channel_name)
 
     async def staff_frames(self, event: dict[str, Any]) -> None:
+        if time.monotonic() - self.checked_at >= STAFF_RECHECK_S:
+            # A page left open after its admin logged out (or lost the permission) stops here.
+            if not await db_async(_session_may_watch)(self.session_key):
+                await self.close(code=STAFF_LOGGED_OUT)
+                return
+            self.checked_at = time.monotonic()
         for frame in event["frames"]:
             await self.send(text_data=json.dumps(frame, ensure_ascii=False))
 
@@ -268,6 +284,13 @@ class StaffConsumer(AsyncWebsocketConsumer):
             "read_only", "This connection only listens; reply from the conversation's page."
         )
         await self.send(text_data=json.dumps(error.frame()))
+
+
+def _session_may_watch(session_key: str | None) -> bool:
+    """Whether the session still belongs to someone who may watch: not logged out since, nor its
+    password changed, nor its permission taken away."""
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    return _may_watch(auth.get_user(SimpleNamespace(session=store)))
 
 
 def _may_watch(user) -> bool:

@@ -153,3 +153,28 @@ async def test_only_staff_who_may_view_conversations_on_this_site_may_listen(
     await viewer.disconnect()
     superuser = await listening(accounts["superuser"])
     await superuser.disconnect()
+
+
+async def test_a_page_left_open_after_its_admin_logged_out_hears_no_more(
+    live_policy,  # noqa: F811
+    admin_client: Client,
+    monkeypatch,
+) -> None:
+    # given: the list open, its login checked before everything it hears
+    from chatbot import consumers
+
+    monkeypatch.setattr(consumers, "STAFF_RECHECK_S", 0.0)
+    await database_sync_to_async(live_policy)(answer=0.0)
+    inbox = await listening(admin_client)
+    customer, _ = await open_chat()
+    await send_message(customer, "I want to talk to a real person", "o-1")
+    assert (await inbox.receive_json_from(timeout=10))["reason"] == "handoff"
+
+    # when: the admin logs out (in another tab), and the customer writes while waiting
+    await sync_to_async(admin_client.logout)()
+    await customer.send_json_to({"type": "message", "text": "my card number is 4111", "id": "o-2"})
+    assert (await customer.receive_json_from(timeout=10))["type"] == "ack"
+
+    # then: the page is disconnected instead of told
+    assert await inbox.receive_output(timeout=10) == {"type": "websocket.close", "code": 4401}
+    await customer.disconnect()
