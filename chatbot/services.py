@@ -559,8 +559,8 @@ def conversation_group(public_id) -> str:
     return f"conversation.{public_id}"
 
 
-# The support team's live admin pages: every one hears of the conversations waiting for a person
-# (STAFF_INBOX_GROUP); a conversation's page, of its messages (`staff_conversation_group`).
+# The support team's live admin pages: the list of conversations hears of those left waiting for
+# a person (STAFF_INBOX_GROUP); a conversation's page, of its messages (`staff_conversation_group`).
 STAFF_INBOX_GROUP = "staff.inbox"
 # How much of the customer's message a "waiting" notice shows.
 WAITING_PREVIEW_CHARS = 200
@@ -575,9 +575,9 @@ async def staff_turn_publish(
     *, conversation: Conversation, customer_message: Message, reply: Message | None, waiting: bool
 ) -> None:
     """Show a customer's turn on the support team's open admin pages: the message and the bot's
-    reply on the conversation's page; on every page, a notice when the turn leaves the
-    conversation waiting for a person (the bot handed it off, or the customer wrote while it
-    waited)."""
+    reply on the conversation's page; on the list of conversations, a notice when the turn
+    leaves the conversation waiting for a person (the bot handed it off, or the customer wrote
+    while it waited)."""
     from channels.layers import get_channel_layer
 
     layer = get_channel_layer()
