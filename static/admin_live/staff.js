@@ -1,9 +1,9 @@
 /*!
- * The support team's admin pages, live (Django admin, conversations).
+ * The support team's admin pages, live (Django admin).
  *
- * The list of conversations tells of every conversation left waiting for a person while it is
- * open (handed off by the bot, or a customer writing while they wait) and counts them in the
- * tab's title; a conversation's page shows its new messages as they are stored, with what the
+ * Every admin page tells of each conversation left waiting for a person while it is open
+ * (handed off by the bot, or a customer writing while they wait) and counts them in the tab's
+ * title; a conversation's page also shows its new messages as they are stored, with what the
  * bot decided, and its status. Listens on the server's /ws/staff/ WebSocket (staff only, this
  * site only) and reconnects with backoff. Everything a customer wrote is shown as text, never as
  * markup.
@@ -83,7 +83,7 @@
     });
   }
 
-  function listPage(root) {
+  function inboxPage(root) {
     const list = root.querySelector("[data-live-waiting]");
     const title = document.title;
     const items = new Map();
@@ -111,7 +111,7 @@
   function start() {
     document.querySelectorAll("[data-staff-socket]").forEach(function (root) {
       if (root.dataset.staffPage === "conversation") conversationPage(root);
-      else listPage(root);
+      else inboxPage(root);
     });
   }
 

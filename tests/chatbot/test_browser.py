@@ -260,8 +260,8 @@ def test_the_team_hears_of_a_hand_off_and_sees_the_customer_write_live(
     browser: Browser, page: Page, daphne_server: LiveServer
 ) -> None:
     with support_admin(browser, daphne_server) as admin:
-        # given: a support admin with the list of conversations open
-        admin.goto(f"{daphne_server.url}/admin/chatbot/conversation/")
+        # given: a support admin at work in the review queue
+        admin.goto(f"{daphne_server.url}/admin/chatbot/reviewitem/")
         expect(admin.locator("#live-waiting [data-live-state]")).to_have_attribute(
             "data-state", "live"
         )
@@ -270,7 +270,7 @@ def test_the_team_hears_of_a_hand_off_and_sees_the_customer_write_live(
         open_widget(page, daphne_server)
         first_reply(page, "I want to talk to a real person")
 
-        # then: the list says so without a reload, and so does the tab's title
+        # then: the page says so without a reload, and so does the tab's title
         notice = admin.locator("[data-live-waiting] li")
         expect(notice).to_have_text(
             "A conversation was handed to the team: “I want to talk to a real person”"

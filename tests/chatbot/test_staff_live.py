@@ -178,3 +178,22 @@ async def test_a_page_left_open_after_its_admin_logged_out_hears_no_more(
     # then: the page is disconnected instead of told
     assert await inbox.receive_output(timeout=10) == {"type": "websocket.close", "code": 4401}
     await customer.disconnect()
+
+
+def test_every_admin_page_listens_for_those_who_may_view_conversations(
+    admin_client: Client, client: Client
+) -> None:
+    from django.contrib.auth.models import Permission, User
+
+    # given: an account that may only edit templates
+    writer = User.objects.create_user("writer", password="pass-for-tests-1", is_staff=True)
+    writer.user_permissions.set(Permission.objects.filter(codename="change_answertemplate"))
+    client.force_login(writer)
+
+    # then: the pages of an admin who may view conversations listen, the others' do not
+    for url in ("/admin/", "/admin/chatbot/reviewitem/?review=todo", "/admin/chatbot/intent/"):
+        assert 'data-staff-socket="/ws/staff/"' in admin_client.get(url).content.decode()
+    templates = client.get("/admin/chatbot/answertemplate/")
+    assert templates.status_code == 200
+    assert "admin_live/staff.js" not in templates.content.decode()
+    assert "data-staff-socket" not in client.get("/admin/").content.decode()
