@@ -2,8 +2,8 @@
  * The support team's admin pages, live (Django admin).
  *
  * Every admin page tells of each conversation left waiting for a person while it is open
- * (handed off by the bot, or a customer writing while they wait) and counts them in the tab's
- * title; a conversation's page also shows its new messages as they are stored, with what the
+ * (handed off by the bot, or a customer writing while they wait), until someone on the team
+ * replies, hands it back or closes it, and counts them in the tab's title; a conversation's page also shows its new messages as they are stored, with what the
  * bot decided, and its status. Listens on the server's /ws/staff/ WebSocket (staff only, this
  * site only) and reconnects with backoff. Everything a customer wrote is shown as text, never as
  * markup.
@@ -87,7 +87,19 @@
     const list = root.querySelector("[data-live-waiting]");
     const title = document.title;
     const items = new Map();
+    function count() {
+      document.title = items.size ? "(" + items.size + ") " + title : title;
+      root.hidden = items.size === 0;
+    }
     listen(root, function (frame) {
+      if (frame.type === "handled") {
+        // Someone on the team replied, handed it back or closed it.
+        const handled = items.get(frame.conversation);
+        if (handled) handled.remove();
+        items.delete(frame.conversation);
+        count();
+        return;
+      }
       if (frame.type !== "waiting") return;
       let item = items.get(frame.conversation);
       if (!item) {
@@ -103,8 +115,7 @@
           : "A customer wrote while waiting for the team";
       item.replaceChildren(link, document.createTextNode(": “" + frame.text + "”"));
       list.prepend(item); // the latest first
-      root.hidden = false;
-      document.title = "(" + items.size + ") " + title;
+      count();
     });
   }
 

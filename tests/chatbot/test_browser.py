@@ -294,6 +294,25 @@ def test_the_team_hears_of_a_hand_off_and_sees_the_customer_write_live(
         )
         expect(admin.locator("[data-live-messages] img")).to_have_count(0)
 
+        # when: the admin replies, while the review queue is open in another tab
+        queue = admin.context.new_page()
+        queue.goto(f"{daphne_server.url}/admin/chatbot/reviewitem/")
+        expect(queue.locator("#live-waiting [data-live-state]")).to_have_attribute(
+            "data-state", "live"
+        )
+        page.get_by_test_id("chat-input").fill("Hello?")
+        page.get_by_test_id("chat-send").click()
+        expect(queue.locator("[data-live-waiting] li")).to_have_text(
+            "A customer wrote while waiting for the team: “Hello?”", timeout=REPLY_TIMEOUT_MS
+        )
+        admin.fill("#id_staff_reply", "Hi, Alex here.")
+        admin.click("input[value='Send reply']")
+
+        # then: the other tab drops the notice, since the customer no longer waits
+        expect(queue.locator("[data-live-waiting] li")).to_have_count(0)
+        expect(queue.locator("#live-waiting")).to_be_hidden()
+        expect(queue).not_to_have_title(re.compile(r"^\("))
+
 
 def test_a_message_over_the_limit_is_not_cut_and_not_sent_until_shortened(
     page: Page, daphne_server: LiveServer, settings

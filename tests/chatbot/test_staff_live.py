@@ -84,6 +84,12 @@ async def test_the_team_sees_a_conversation_live_and_hears_of_every_hand_off(
     handed_back = await page.receive_json_from(timeout=10)
     assert (reply["role"], reply["text"], reply["status"]) == ("agent", "Sam here.", "needs_human")
     assert (handed_back["role"], handed_back["status"]) == ("system", "bot")
+    # ... and the list hears that the customer no longer waits for the team
+    handled = [await inbox.receive_json_from(timeout=10) for _ in range(2)]
+    assert handled == [
+        {"type": "handled", "conversation": public_id, "status": "needs_human"},
+        {"type": "handled", "conversation": public_id, "status": "bot"},
+    ]
 
     # when: the bot answers again
     await customer.receive_json_from(timeout=10)  # the widget's copies of the two
