@@ -25,6 +25,14 @@ class Conversation(models.Model):
 
     class Meta:
         ordering = ["-last_activity_at"]
+        indexes = [
+            # The few waiting for a person, which every support admin's page lists.
+            models.Index(
+                fields=["-last_activity_at"],
+                condition=Q(status="needs_human"),
+                name="conversation_waiting",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"Conversation {str(self.public_id)[:8]} ({self.get_status_display()})"

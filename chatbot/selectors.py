@@ -9,7 +9,7 @@ from functools import cache
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Q
+from django.db.models import OuterRef, Q, Subquery
 
 from chatbot.models import Conversation, Message, ModelVersion
 from chatbot.runtime import get_runtime
@@ -20,6 +20,21 @@ def conversation_history(*, conversation: Conversation, limit: int | None = None
     limit = limit or settings.CHATBOT_HISTORY_LIMIT
     latest = conversation.messages.order_by("-created_at", "-id")[:limit]
     return list(reversed(latest))
+
+
+def conversations_waiting(*, limit: int) -> list[Conversation]:
+    """The conversations waiting for a person, the most recently active first, each with its
+    customer's latest message (`last_customer_text`)."""
+    latest = (
+        Message.objects.filter(conversation=OuterRef("pk"), role=Message.Role.CUSTOMER)
+        .order_by("-created_at", "-id")
+        .values("text")[:1]
+    )
+    return list(
+        Conversation.objects.filter(status=Conversation.Status.NEEDS_HUMAN)
+        .order_by("-last_activity_at")
+        .annotate(last_customer_text=Subquery(latest))[:limit]
+    )
 
 
 def reply_to(*, message_id: int) -> Message | None:

@@ -1,9 +1,9 @@
 /*!
  * The support team's admin pages, live (Django admin).
  *
- * Every admin page tells of each conversation left waiting for a person while it is open
- * (handed off by the bot, or a customer writing while they wait), until someone on the team
- * replies, hands it back or closes it, and counts them in the tab's title; a conversation's page also shows its new messages as they are stored, with what the
+ * Every admin page lists the conversations waiting for a person (as the page was made, then
+ * each one handed off by the bot or whose customer writes while waiting), until someone on the
+ * team replies, hands it back or closes it, and counts them in the tab's title; a conversation's page also shows its new messages as they are stored, with what the
  * bot decided, and its status. Listens on the server's /ws/staff/ WebSocket (staff only, this
  * site only) and reconnects with backoff. Everything a customer wrote is shown as text, never as
  * markup.
@@ -86,7 +86,12 @@
   function inboxPage(root) {
     const list = root.querySelector("[data-live-waiting]");
     const title = document.title;
-    const items = new Map();
+    // Those waiting when the page was made, then what the server says.
+    const items = new Map(
+      Array.from(list.querySelectorAll("li[data-conversation]"), function (item) {
+        return [item.dataset.conversation, item];
+      })
+    );
     function count() {
       document.title = items.size ? "(" + items.size + ") " + title : title;
       root.hidden = items.size === 0;
@@ -105,6 +110,7 @@
       if (!item) {
         item = document.createElement("li");
         item.className = "warning";
+        item.dataset.conversation = frame.conversation;
         items.set(frame.conversation, item);
       }
       const link = document.createElement("a");
@@ -117,6 +123,7 @@
       list.prepend(item); // the latest first
       count();
     });
+    count();
   }
 
   function start() {

@@ -186,19 +186,49 @@ async def test_a_page_left_open_after_its_admin_logged_out_hears_no_more(
     await customer.disconnect()
 
 
-def test_every_admin_page_listens_for_those_who_may_view_conversations(
+def test_every_admin_page_lists_those_waiting_for_admins_who_may_view_conversations(
     admin_client: Client, client: Client
 ) -> None:
-    from django.contrib.auth.models import Permission, User
+    import re
+    from datetime import timedelta
 
-    # given: an account that may only edit templates
+    from django.contrib.auth.models import Permission, User
+    from django.utils import timezone
+
+    from chatbot.models import Message
+
+    # given: two conversations waiting for a person, the newer active a minute ago, and two not
+    def conversation(status: str, *texts: str, minutes_ago: int = 0) -> Conversation:
+        made = Conversation.objects.create(status=status)
+        for text in texts:
+            Message.objects.create(conversation=made, role="customer", text=text)
+        Message.objects.create(conversation=made, role="agent", text="A person replied.")
+        at = timezone.now() - timedelta(minutes=minutes_ago)
+        Conversation.objects.filter(pk=made.pk).update(last_activity_at=at)
+        return made
+
+    older = conversation("needs_human", "I need a person", minutes_ago=30)
+    newer = conversation("needs_human", "Hello?", "<b>my parcel</b> is lost", minutes_ago=1)
+    conversation("bot", "where is my order?")
+    conversation("closed", "bye")
+    # ... and an account that may only edit templates
     writer = User.objects.create_user("writer", password="pass-for-tests-1", is_staff=True)
     writer.user_permissions.set(Permission.objects.filter(codename="change_answertemplate"))
     client.force_login(writer)
 
-    # then: the pages of an admin who may view conversations listen, the others' do not
+    # then: the pages of an admin who may view conversations list the waiting ones, the latest
+    # first with its customer's last message (as text), and listen for more
     for url in ("/admin/", "/admin/chatbot/reviewitem/?review=todo", "/admin/chatbot/intent/"):
-        assert 'data-staff-socket="/ws/staff/"' in admin_client.get(url).content.decode()
+        page = admin_client.get(url).content.decode()
+        assert 'data-staff-socket="/ws/staff/"' in page
+        listed = re.findall(r'<li class="warning" data-conversation="([^"]+)">(.*?)</li>', page)
+        assert [public_id for public_id, _ in listed] == [
+            str(newer.public_id),
+            str(older.public_id),
+        ]
+        assert "last active 1\xa0minute ago" in listed[0][1]
+        assert listed[0][1].endswith("“&lt;b&gt;my parcel&lt;/b&gt; is lost”")
+        assert f'href="/admin/chatbot/conversation/{older.public_id}/change/"' in listed[1][1]
     templates = client.get("/admin/chatbot/answertemplate/")
     assert templates.status_code == 200
     assert "admin_live/staff.js" not in templates.content.decode()
