@@ -80,6 +80,8 @@ class Runtime:
         # and the incoming one's while a swap embeds it (batches go on with the live one).
         self._model_space: dict[tuple[str, str], KnowledgeIndex] = {}
         self._watching = False
+        self.watcher: threading.Thread | None = None  # started by `watch`
+        self._closed = threading.Event()
         self._warmed = False
         self._warm_up_pass: Future | None = None  # the first forward pass, queued by warm_up
         self._watch_lock = threading.Lock()
@@ -168,15 +170,20 @@ class Runtime:
             self._watching = True
 
         def loop() -> None:
-            while True:
-                time.sleep(every_s)
+            while not self._closed.wait(every_s):
                 try:
                     self.index()
                     self.classifier()
                 except Exception:
                     logger.exception("Checking the live model and index failed")
 
-        threading.Thread(target=loop, name="live-watch", daemon=True).start()
+        self.watcher = threading.Thread(target=loop, name="live-watch", daemon=True)
+        self.watcher.start()
+
+    def close(self) -> None:
+        """Stop watching the live pointers: a runtime that is no longer served (a test replaced
+        it) must not go on loading every new model in the background."""
+        self._closed.set()
 
     def _load_classifier(self, version: str) -> IntentClassifier | None:
         """Load a model version; one that cannot load leaves the agent on nearest examples."""

@@ -16,7 +16,7 @@ from chatbot.services import message_writer, reply_writer
 
 
 @pytest.fixture(scope="session", autouse=True)
-def data_dir(tmp_path_factory: pytest.TempPathFactory, django_db_blocker) -> Path:
+def data_dir(tmp_path_factory: pytest.TempPathFactory, django_db_blocker) -> Iterator[Path]:
     """Models and indexes written by tests go to a temporary directory, never to var/."""
     from django.conf import settings
 
@@ -30,7 +30,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory, django_db_blocker) -> Pat
     # second opinion point it at a local server).
     settings.OPENAI_API_KEY = settings.OPENAI_BASE_URL = ""
     get_runtime.cache_clear()
-    return path
+    yield path
+    # Its watcher would otherwise log into the closed output once the run is over.
+    get_runtime().close()
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ async def test_without_a_published_index_the_message_is_kept_and_an_error_sent(
     from chatbot.runtime import get_runtime
 
     settings.CHATBOT_DATA_DIR = tmp_path
+    get_runtime().close()
     get_runtime.cache_clear()
     try:
         communicator = WebsocketCommunicator(
@@ -38,4 +39,5 @@ async def test_without_a_published_index_the_message_is_kept_and_an_error_sent(
         assert [m.text async for m in Message.objects.all()] == ["hello?"]
         await communicator.disconnect()
     finally:
+        get_runtime().close()
         get_runtime.cache_clear()

@@ -153,3 +153,18 @@ def test_a_swap_embeds_the_index_for_the_new_model_in_the_background_only(
     # then: the batches embedded nothing; the swap thread embedded the index once
     assert runtime.classifier()[1] == "v2"
     assert embedded == {("v2", "model-swap"): 51}
+
+
+def test_a_closed_runtime_stops_watching_for_new_models(runtime) -> None:
+    # given: a runtime that looks for a new live model every 10 ms
+    runtime.watch(0.01)
+    runtime.gates["v2"].set()
+
+    # when: it is closed, and a model is promoted after
+    runtime.close()
+    runtime.watcher.join(timeout=5)
+    runtime.models.set_live("v2")
+
+    # then: its watcher has ended, and loaded nothing more
+    assert not runtime.watcher.is_alive()
+    assert runtime.loads["v2"] == 0
