@@ -612,13 +612,21 @@ def _broadcast(conversation: Conversation, message: Message, *, status: str) -> 
     frame = {"type": "message", **protocol.message_frame(message), "status": status}
     public_id = str(conversation.public_id)
     staff_frame = protocol.staff_message_frame(message, conversation=public_id, status=status)
-    send = async_to_sync(get_channel_layer().group_send)
     # The customer is no longer waiting for the team: the others' pages drop the notice.
     handled = {"type": "handled", "conversation": public_id, "status": status}
+
+    async def send() -> None:  # one trip into async code for the three
+        layer = get_channel_layer()
+        await layer.group_send(
+            conversation_group(public_id), {"type": "conversation.message", "frame": frame}
+        )
+        await layer.group_send(
+            staff_conversation_group(public_id), {"type": "staff.frames", "frames": [staff_frame]}
+        )
+        await layer.group_send(STAFF_INBOX_GROUP, {"type": "staff.frames", "frames": [handled]})
+
     try:
-        send(conversation_group(public_id), {"type": "conversation.message", "frame": frame})
-        send(staff_conversation_group(public_id), {"type": "staff.frames", "frames": [staff_frame]})
-        send(STAFF_INBOX_GROUP, {"type": "staff.frames", "frames": [handled]})
+        async_to_sync(send)()
     except Exception:
         # Stored already (this runs after commit): an open widget gets it with the history
         # when it reconnects. A 500 now would tell the admin the change failed; it did not.

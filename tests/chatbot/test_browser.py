@@ -80,8 +80,7 @@ def open_widget(page: Page, server: LiveServer) -> None:
 
 def first_reply(page: Page, text: str) -> Message:
     """Send the conversation's first message; its reply as stored, once the widget shows it."""
-    page.get_by_test_id("chat-input").fill(text)
-    page.get_by_test_id("chat-send").click()
+    say(page, text)
     expect(bubbles(page, "bot")).to_have_count(2, timeout=REPLY_TIMEOUT_MS)  # greeting + reply
     return reply_row(bubbles(page, "bot").last.get_attribute("data-id"))
 
@@ -104,6 +103,17 @@ def support_admin(browser: Browser, server: LiveServer) -> Iterator[Page]:
         context.close()
 
 
+def say(page: Page, text: str) -> None:
+    """The customer types `text` in the widget and sends it."""
+    page.get_by_test_id("chat-input").fill(text)
+    page.get_by_test_id("chat-send").click()
+
+
+def expect_live(page: Page, area: str) -> None:
+    """Wait until the admin page's live `area` listens (nothing said before then reaches it)."""
+    expect(page.locator(f"{area} [data-live-state]")).to_have_attribute("data-state", "live")
+
+
 def bubbles(page: Page, role: str):
     return page.locator(f'[data-testid="chat-message"][data-role="{role}"]')
 
@@ -115,8 +125,7 @@ def test_a_customer_chats_reloads_and_sees_the_history(
     open_widget(page, daphne_server)
 
     # when
-    page.get_by_test_id("chat-input").fill("How long does standard delivery take?")
-    page.get_by_test_id("chat-send").click()
+    say(page, "How long does standard delivery take?")
 
     # then
     expect(bubbles(page, "customer")).to_have_text(["How long does standard delivery take?"])
@@ -153,8 +162,7 @@ def test_quick_replies_send_their_label_and_text_is_never_html(
 
     # and markup typed by a customer is shown as text, not run
     markup = '<img src=x onerror="window.__pwned=1"><b>bold</b>'
-    page.get_by_test_id("chat-input").fill(markup)
-    page.get_by_test_id("chat-send").click()
+    say(page, markup)
     expect(bubbles(page, "customer").last).to_have_text(markup)
     expect(bubbles(page, "bot")).to_have_count(4, timeout=REPLY_TIMEOUT_MS)
     assert page.evaluate("window.__pwned") is None
@@ -202,8 +210,7 @@ def test_the_widget_goes_offline_queues_and_sends_once_the_server_is_back(
     expect(page.get_by_test_id("chat-status")).to_have_attribute("data-state", "offline")
 
     # when: the customer writes while offline, and the server comes back
-    page.get_by_test_id("chat-input").fill("Do you sell gift cards?")
-    page.get_by_test_id("chat-send").click()
+    say(page, "Do you sell gift cards?")
     expect(bubbles(page, "customer")).to_have_text(["Do you sell gift cards?"])
     daphne.start()
 
@@ -262,9 +269,7 @@ def test_the_team_hears_of_a_hand_off_and_sees_the_customer_write_live(
     with support_admin(browser, daphne_server) as admin:
         # given: a support admin at work in the review queue
         admin.goto(f"{daphne_server.url}/admin/chatbot/reviewitem/")
-        expect(admin.locator("#live-waiting [data-live-state]")).to_have_attribute(
-            "data-state", "live"
-        )
+        expect_live(admin, "#live-waiting")
 
         # when: a customer asks for a person
         open_widget(page, daphne_server)
@@ -279,11 +284,8 @@ def test_the_team_hears_of_a_hand_off_and_sees_the_customer_write_live(
 
         # when: the admin opens it, and the customer writes while waiting
         notice.get_by_role("link").click()
-        expect(admin.locator("#live-conversation [data-live-state]")).to_have_attribute(
-            "data-state", "live"
-        )
-        page.get_by_test_id("chat-input").fill("<img src=x onerror=alert(1)> still there?")
-        page.get_by_test_id("chat-send").click()
+        expect_live(admin, "#live-conversation")
+        say(page, "<img src=x onerror=alert(1)> still there?")
 
         # then: the page shows it as it is stored, as text
         expect(admin.locator("[data-live-messages] li")).to_have_text(
@@ -297,11 +299,8 @@ def test_the_team_hears_of_a_hand_off_and_sees_the_customer_write_live(
         # when: the admin replies, while the review queue is open in another tab
         queue = admin.context.new_page()
         queue.goto(f"{daphne_server.url}/admin/chatbot/reviewitem/")
-        expect(queue.locator("#live-waiting [data-live-state]")).to_have_attribute(
-            "data-state", "live"
-        )
-        page.get_by_test_id("chat-input").fill("Hello?")
-        page.get_by_test_id("chat-send").click()
+        expect_live(queue, "#live-waiting")
+        say(page, "Hello?")
         expect(queue.locator("[data-live-waiting] li")).to_have_text(
             "A customer wrote while waiting for the team: “Hello?”", timeout=REPLY_TIMEOUT_MS
         )
@@ -383,8 +382,7 @@ def test_a_conversation_the_team_closes_ends_in_the_widget_and_the_next_message_
     assert first.rating == 4
 
     # when: the customer writes again
-    page.get_by_test_id("chat-input").fill("What are your opening hours?")
-    page.get_by_test_id("chat-send").click()
+    say(page, "What are your opening hours?")
 
     # then: a new conversation (the widget shows it alone), answered by the bot
     expect(bubbles(page, "customer")).to_have_text(
@@ -410,8 +408,7 @@ def test_a_message_the_bot_could_not_answer_is_answered_when_retried(
     indexes.clear_live()
     try:
         # when
-        page.get_by_test_id("chat-input").fill("How long does standard delivery take?")
-        page.get_by_test_id("chat-send").click()
+        say(page, "How long does standard delivery take?")
 
         # then: stored, but marked as not answered, with a way to ask again
         unanswered = page.locator('[data-testid="chat-message"][data-status="unanswered"]')
