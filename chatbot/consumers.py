@@ -7,6 +7,7 @@ import logging
 import math
 import time
 import uuid
+from dataclasses import dataclass
 from importlib import import_module
 from types import SimpleNamespace
 from typing import Any
@@ -50,6 +51,32 @@ class MessageRate:
         return (1 - self.tokens) / self.per_second
 
 
+class Throttle:
+    """At most one event per `every_s`: a widget or page repeats "typing" while someone writes,
+    and only that often is it passed on."""
+
+    def __init__(self, every_s: float, clock=time.monotonic) -> None:
+        self.every_s = every_s
+        self.clock = clock
+        self.at = -math.inf
+
+    def ready(self) -> bool:
+        now = self.clock()
+        if now - self.at < self.every_s:
+            return False
+        self.at = now
+        return True
+
+    def reset(self) -> None:
+        """The next event passes (what someone was writing has been sent)."""
+        self.at = -math.inf
+
+
+# How often, at most, one connection's "typing" is passed on; the other side shows it for longer
+# (the widget and the admin page, 6 s), so a steady writer shows as typing without a gap.
+TYPING_EVERY_S = 2.0
+
+
 class ChatConsumer(AsyncWebsocketConsumer):
     conversation: Conversation
 
@@ -58,6 +85,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.rate = MessageRate(
             settings.CHATBOT_RATE_LIMIT_BURST, settings.CHATBOT_RATE_LIMIT_PER_MINUTE
         )
+        self.typing = Throttle(TYPING_EVERY_S)
         query = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
         headers = dict(self.scope.get("headers", []))
         visitor = query.get("visitor", [""])[0]
@@ -114,7 +142,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             else:
                 await self.send_json(error.frame())
             return
-        if not isinstance(frame, protocol.Ping) and (wait_s := self.rate.take()):
+        # Pings and "typing" are not messages: the throttle, not the rate, bounds what they cost.
+        unlimited = isinstance(frame, protocol.Ping | protocol.Typing)
+        if not unlimited and (wait_s := self.rate.take()):
             # Nothing stored: the widget offers to send it again.
             await self.send_rate_limited(wait_s, getattr(frame, "client_id", ""))
             return
@@ -128,8 +158,23 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self.send_json({"type": "rated", "score": score})
             case protocol.Ping():
                 await self.send_json({"type": "pong"})
+            case protocol.Typing():
+                await self.customer_typing()
+
+    async def customer_typing(self) -> None:
+        """The customer is writing: the conversation's open admin pages show it (nothing is
+        stored, nothing is answered). A conversation not stored yet has no page to show it."""
+        if self.conversation.pk is None or not self.typing.ready():
+            return
+        try:
+            await services.typing_publish(
+                public_id=self.conversation.public_id, role="customer", sender=self.channel_name
+            )
+        except Exception:
+            logger.exception("Could not show conversation %s's typing", self.conversation.pk)
 
     async def customer_text(self, frame: protocol.CustomerText, received_at: float) -> None:
+        self.typing.reset()  # their next message may be shown as being written at once
         # The models read the message while it is being stored: neither waits for the other.
         analysis = self.agent.analyse(frame.text)
         try:
@@ -244,21 +289,26 @@ class StaffConsumer(AsyncWebsocketConsumer):
     left waiting for a person; a conversation's page (`?conversation=<id>`), its messages as
     they are stored. Only for staff allowed to view conversations, from a page of this very
     site (the session cookie authenticates, so another site's page must not open it, whatever
-    CHATBOT_WIDGET_ORIGINS lets embed the chat). It only listens: replies go through admin."""
+    CHATBOT_WIDGET_ORIGINS lets embed the chat). It only listens, but for one frame: on a
+    conversation's page, someone who may reply sends "typing" while writing, which the
+    customer's widget and the team's other pages of it show. Replies go through admin."""
 
     async def connect(self) -> None:
         origin, host = security.header(self.scope, b"origin"), security.header(self.scope, b"host")
         user = self.scope.get("user")
-        if not security.same_site(origin, host) or not await db_async(_may_watch)(user):
+        rights = await db_async(_rights)(user)
+        if not security.same_site(origin, host) or not rights.watch:
             await self.close()  # before accepting: the handshake gets 403
             return
         query = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
-        conversation = _valid_uuid(query.get("conversation", [""])[0])
+        self.conversation = _valid_uuid(query.get("conversation", [""])[0])
         self.watched = [
-            services.staff_conversation_group(conversation)
-            if conversation
+            services.staff_conversation_group(self.conversation)
+            if self.conversation
             else services.STAFF_INBOX_GROUP
         ]
+        self.rights = rights
+        self.typing = Throttle(TYPING_EVERY_S)
         self.session_key = self.scope["session"].session_key
         self.checked_at = time.monotonic()
         for group in self.watched:
@@ -270,35 +320,73 @@ class StaffConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(group, self.channel_name)
 
     async def staff_frames(self, event: dict[str, Any]) -> None:
-        if time.monotonic() - self.checked_at >= STAFF_RECHECK_S:
-            # A page left open after its admin logged out (or lost the permission) stops here.
-            if not await db_async(_session_may_watch)(self.session_key):
-                await self.close(code=STAFF_LOGGED_OUT)
-                return
-            self.checked_at = time.monotonic()
+        if event.get("sender") == self.channel_name:
+            return  # this page's own "typing"
+        if not await self.still_allowed():
+            return
         for frame in event["frames"]:
             await self.send(text_data=json.dumps(frame, ensure_ascii=False))
 
+    async def still_allowed(self) -> bool:
+        """Whether the login still may watch, checked at most every STAFF_RECHECK_S; a page left
+        open after its admin logged out (or lost the permission) is closed here."""
+        if time.monotonic() - self.checked_at >= STAFF_RECHECK_S:
+            self.rights = await db_async(_session_rights)(self.session_key)
+            if not self.rights.watch:
+                await self.close(code=STAFF_LOGGED_OUT)
+                return False
+            self.checked_at = time.monotonic()
+        return True
+
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        try:
+            frame = None if text_data is None else protocol.parse_client_frame(text_data)
+        except protocol.ProtocolError:
+            frame = None
+        if isinstance(frame, protocol.Typing) and self.conversation and self.rights.reply:
+            if await self.still_allowed() and self.rights.reply and self.typing.ready():
+                try:
+                    await services.typing_publish(
+                        public_id=self.conversation,
+                        role="agent",
+                        sender=self.channel_name,
+                        name=self.rights.name,
+                    )
+                except Exception:
+                    logger.exception(
+                        "Could not show a reply being written to %s", self.conversation
+                    )
+            return
         error = protocol.ProtocolError(
-            "read_only", "This connection only listens; reply from the conversation's page."
+            "read_only",
+            "This connection only listens (and takes 'typing' on the page of a conversation you "
+            "may reply to); reply from the conversation's page.",
         )
         await self.send(text_data=json.dumps(error.frame()))
 
 
-def _session_may_watch(session_key: str | None) -> bool:
-    """Whether the session still belongs to someone who may watch: not logged out since, nor its
-    password changed, nor its permission taken away."""
+@dataclass(frozen=True)
+class StaffRights:
+    watch: bool  # may hear the team's live frames
+    reply: bool  # may reply to customers (and so say that they are writing)
+    name: str = ""  # as the team's other pages show who is writing
+
+
+def _session_rights(session_key: str | None) -> StaffRights:
+    """What the session's user may do now: nothing once logged out, its password changed, or
+    its permission taken away."""
     store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
-    return _may_watch(auth.get_user(SimpleNamespace(session=store)))
+    return _rights(auth.get_user(SimpleNamespace(session=store)))
 
 
-def _may_watch(user) -> bool:
-    return bool(
-        user is not None
-        and user.is_active
-        and user.is_staff
-        and user.has_perm("chatbot.view_conversation")
+def _rights(user) -> StaffRights:
+    if user is None or not (user.is_active and user.is_staff):
+        return StaffRights(watch=False, reply=False)
+    watch = user.has_perm("chatbot.view_conversation")
+    return StaffRights(
+        watch=watch,
+        reply=watch and user.has_perm("chatbot.change_conversation"),
+        name=user.get_full_name() or user.get_username(),
     )
 
 

@@ -50,7 +50,13 @@ class Ping:
     pass
 
 
-ClientFrame = CustomerText | Rating | Ping
+@dataclass(frozen=True)
+class Typing:
+    """Someone is writing a message (the customer in the widget, or a person of the support team
+    on the conversation's admin page): the other side shows it for a few seconds."""
+
+
+ClientFrame = CustomerText | Rating | Ping | Typing
 
 
 def parse_client_frame(raw: str) -> ClientFrame:
@@ -72,9 +78,12 @@ def parse_client_frame(raw: str) -> ClientFrame:
         return Rating(score)
     if kind == "ping":
         return Ping()
+    if kind == "typing":
+        return Typing()
     shown = repr(kind) if len(repr(kind)) <= 40 else repr(kind)[:37] + "..."
     raise ProtocolError(
-        "unknown_type", f"Unknown frame type {shown}; expected 'message', 'rate' or 'ping'."
+        "unknown_type",
+        f"Unknown frame type {shown}; expected 'message', 'typing', 'rate' or 'ping'.",
     )
 
 

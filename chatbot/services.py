@@ -603,6 +603,28 @@ async def staff_turn_publish(
         await layer.group_send(STAFF_INBOX_GROUP, {"type": "staff.frames", "frames": [notice]})
 
 
+async def typing_publish(*, public_id, role: str, sender: str, name: str = "") -> None:
+    """Someone is writing in a conversation: the customer (shown on the team's pages of it), or
+    a person of the team (`name`; shown in the customer's widget, without the name, and on the
+    team's other pages of it). Nothing is stored; `sender` (a channel name) does not hear its
+    own."""
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    public_id = str(public_id)
+    staff_frame = {"type": "typing", "conversation": public_id, "role": role}
+    if role == "agent":
+        staff_frame["name"] = name
+        await layer.group_send(
+            conversation_group(public_id),
+            {"type": "conversation.message", "frame": {"type": "typing", "role": "agent"}},
+        )
+    await layer.group_send(
+        staff_conversation_group(public_id),
+        {"type": "staff.frames", "frames": [staff_frame], "sender": sender},
+    )
+
+
 def _broadcast(conversation: Conversation, message: Message, *, status: str) -> None:
     """Send a message from the support team (or the system) to the conversation's open widgets,
     and to the team's pages that show it."""

@@ -3,10 +3,12 @@
  *
  * Every admin page lists the conversations waiting for a person (as the page was made, then
  * each one handed off by the bot or whose customer writes while waiting), until someone on the
- * team replies, hands it back or closes it, and counts them in the tab's title; a conversation's page also shows its new messages as they are stored, with what the
- * bot decided, and its status. Listens on the server's /ws/staff/ WebSocket (staff only, this
- * site only) and reconnects with backoff. Everything a customer wrote is shown as text, never as
- * markup.
+ * team replies, hands it back or closes it, and counts them in the tab's title. A
+ * conversation's page also shows its new messages as they are stored, with what the bot
+ * decided, and its status, and who is writing: the customer, or someone else on the team; while
+ * its admin writes a reply, it says so (`typing`), for the customer's widget. Listens on the
+ * server's /ws/staff/ WebSocket (staff only, this site only) and reconnects with backoff.
+ * Everything a customer wrote is shown as text, never as markup.
  */
 (function () {
   "use strict";
@@ -18,10 +20,15 @@
     closed: "closed",
   };
   const RETRY_MS = [1000, 2000, 5000, 10000, 30000];
+  const TYPING_EVERY_MS = 2000; // while writing a reply: "typing" at most this often
+  const TYPING_SHOWN_MS = 6000; // how long someone shows as writing after saying so
 
+  /** Opens the page's socket, and again whenever it drops; returns a function that sends a frame
+   * on it when it is open (false when not). */
   function listen(root, onFrame) {
     const state = root.querySelector("[data-live-state]");
     let failures = 0;
+    let current = null;
     function show(live) {
       if (!state) return;
       state.dataset.state = live ? "live" : "offline";
@@ -32,6 +39,7 @@
     function open() {
       const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
       const socket = new WebSocket(scheme + window.location.host + root.dataset.staffSocket);
+      current = socket;
       socket.addEventListener("open", function () {
         failures = 0;
         show(true);
@@ -52,15 +60,50 @@
       });
     }
     open();
+    return function send(frame) {
+      if (!current || current.readyState !== WebSocket.OPEN) return false;
+      current.send(JSON.stringify(frame));
+      return true;
+    };
   }
 
   function conversationPage(root) {
     const list = root.querySelector("[data-live-messages]");
     const status = root.querySelector("[data-live-status]");
+    const typing = root.querySelector("[data-live-typing]");
     const shown = new Set();
-    listen(root, function (frame) {
+    const writers = new Map(); // who is writing -> until when (ms)
+    let typingTimer = null;
+    function showTyping() {
+      const now = Date.now();
+      writers.forEach(function (until, who) {
+        if (until <= now) writers.delete(who);
+      });
+      clearTimeout(typingTimer);
+      if (writers.size) typingTimer = window.setTimeout(showTyping, TYPING_SHOWN_MS + 50);
+      if (!typing) return;
+      typing.hidden = writers.size === 0;
+      if (writers.size) {
+        typing.textContent =
+          Array.from(writers.keys()).join(", ") + (writers.size > 1 ? " are writing…" : " is writing…");
+      }
+    }
+    const send = listen(root, function (frame) {
+      if (frame.type === "typing") {
+        const who = frame.role === "customer" ? "The customer" : frame.name || "Someone on the team";
+        writers.set(who, Date.now() + TYPING_SHOWN_MS);
+        showTyping();
+        return;
+      }
       if (frame.type !== "message" || shown.has(frame.id)) return;
       shown.add(frame.id);
+      // What they were writing has arrived.
+      if (frame.role === "customer" || frame.role === "agent") {
+        writers.forEach(function (until, who) {
+          if ((who === "The customer") === (frame.role === "customer")) writers.delete(who);
+        });
+      }
+      showTyping();
       const item = document.createElement("li");
       item.dataset.role = frame.role;
       const who = document.createElement("strong");
@@ -81,6 +124,16 @@
         status.textContent = "Status now: " + (STATUSES[frame.status] || frame.status) + ".";
       }
     });
+    // Writing a reply: the customer's widget (and the team's other pages of it) show it.
+    const reply = document.getElementById("id_staff_reply");
+    let sentAt = 0;
+    if (reply) {
+      reply.addEventListener("input", function () {
+        const now = Date.now();
+        if (!reply.value.trim() || now - sentAt < TYPING_EVERY_MS) return;
+        if (send({ type: "typing" })) sentAt = now;
+      });
+    }
   }
 
   function inboxPage(root) {

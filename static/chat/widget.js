@@ -35,6 +35,8 @@
   const BACKOFF_BASE_MS = 1000;
   const BACKOFF_MAX_MS = 30000;
   const TYPING_TIMEOUT_MS = 60000; // never leave the dots running if a reply is lost
+  const TYPING_EVERY_MS = 2000; // while the customer writes to a person: "typing" at most this often
+  const AGENT_TYPING_MS = 6000; // how long a person of the team shows as writing after saying so
   const CSS_TIMEOUT_MS = 4000;
   const CLOSE_UNKNOWN_CONVERSATION = 4404;
   const ROLES = ["customer", "bot", "agent", "system"];
@@ -46,6 +48,7 @@
     open: "Open chat",
     close: "Close chat",
     typing: "Assistant is typing",
+    agentTyping: "Support team is typing",
     inputLabel: "Type your message",
     placeholder: "Type your message…",
     send: "Send",
@@ -354,7 +357,7 @@
       "div",
       { class: "typing", "data-testid": "chat-typing", hidden: true },
       [
-        el("span", { class: "sr-only", text: TEXT.typing }),
+        el("span", { class: "sr-only", "data-typing-label": "", text: TEXT.typing }),
         el("span", { class: "dot", "aria-hidden": "true" }),
         el("span", { class: "dot", "aria-hidden": "true" }),
         el("span", { class: "dot", "aria-hidden": "true" }),
@@ -438,6 +441,9 @@
     quickRow: null,
     ratingRow: null, // "How did we do?" (then the thanks) after the team closed the conversation
     typingTimer: null,
+    agentTypingUntil: 0, // a person of the team is writing until then (ms since the epoch)
+    agentTypingTimer: null,
+    typingSentAt: 0, // when this tab last told the team that the customer is writing
   };
 
   const conn = {
@@ -629,18 +635,48 @@
   }
 
   function updateTyping() {
-    const show = state.awaiting.size > 0;
+    const bot = state.awaiting.size > 0;
+    const agent = state.agentTypingUntil > Date.now();
+    const show = bot || agent;
     clearTimeout(state.typingTimer);
-    if (show) {
+    if (bot) {
       state.typingTimer = setTimeout(() => {
         state.awaiting.clear();
         updateTyping();
       }, TYPING_TIMEOUT_MS);
     }
+    const label = ui.typing.querySelector("[data-typing-label]");
+    const text = bot ? TEXT.typing : TEXT.agentTyping;
+    if (label.textContent !== text) label.textContent = text;
+    ui.typing.dataset.who = bot ? "bot" : "agent";
     if (ui.typing.hidden === !show) return;
     keepScrolled(false, () => {
       ui.typing.hidden = !show;
     });
+  }
+
+  /** A person of the team is writing a reply (the server repeats it while they do). */
+  function onTyping(frame) {
+    if (frame.role !== "agent") return;
+    state.agentTypingUntil = Date.now() + AGENT_TYPING_MS;
+    clearTimeout(state.agentTypingTimer);
+    state.agentTypingTimer = setTimeout(updateTyping, AGENT_TYPING_MS + 50);
+    updateTyping();
+  }
+
+  function agentStoppedTyping() {
+    state.agentTypingUntil = 0;
+    clearTimeout(state.agentTypingTimer);
+    updateTyping();
+  }
+
+  /** While the customer writes to a person (never to the bot, which does not read along),
+   * the team's page of the conversation shows it. */
+  function tellTyping() {
+    if (state.conversationStatus !== "needs_human" || !conn.ready || !ui.input.value.trim()) return;
+    const now = Date.now();
+    if (now - state.typingSentAt < TYPING_EVERY_MS) return;
+    if (transmit({ type: "typing" })) state.typingSentAt = now;
   }
 
   function startWaiting(clientId) {
@@ -695,6 +731,7 @@
     const text = String(raw === null || raw === undefined ? "" : raw).trim();
     if (!text) return false;
     const entry = { id: newId(), text, created: new Date().toISOString() };
+    state.typingSentAt = 0; // the next message shows as being written at once
     removeQuickReplies();
     removeRating();
     keepScrolled(true, () =>
@@ -815,6 +852,7 @@
       return;
     }
     if (frame.role === "agent") {
+      agentStoppedTyping();
       stopWaiting(null);
       removeQuickReplies();
     }
@@ -902,6 +940,7 @@
     reply: onReply,
     message: onMessage,
     error: onError,
+    typing: onTyping,
     pong() {},
     rated() {},
   };
@@ -1128,6 +1167,7 @@
     ui.input.addEventListener("input", () => {
       autoGrow();
       showLength();
+      tellTyping();
     });
 
     window.addEventListener("online", reconnectNow);

@@ -296,6 +296,21 @@ def test_the_team_hears_of_a_hand_off_and_sees_the_customer_write_live(
         )
         expect(admin.locator("[data-live-messages] img")).to_have_count(0)
 
+        # when: the customer starts another message
+        page.get_by_test_id("chat-input").press_sequentially("is any")
+
+        # then: the admin sees them writing
+        expect(admin.locator("[data-live-typing]")).to_have_text("The customer is writing…")
+
+        # when: the admin starts a reply
+        admin.locator("#id_staff_reply").press_sequentially("Hi")
+
+        # then: the customer sees the team writing (the dots, said as such to a screen reader)
+        dots = page.get_by_test_id("chat-typing")
+        expect(dots).to_be_visible()
+        expect(dots).to_have_attribute("data-who", "agent")
+        expect(dots).to_have_text("Support team is typing")
+
         # when: the admin replies, while the review queue is open in another tab
         queue = admin.context.new_page()
         queue.goto(f"{daphne_server.url}/admin/chatbot/reviewitem/")
@@ -306,6 +321,8 @@ def test_the_team_hears_of_a_hand_off_and_sees_the_customer_write_live(
         )
         admin.fill("#id_staff_reply", "Hi, Alex here.")
         admin.click("input[value='Send reply']")
+        expect(bubbles(page, "agent")).to_have_text("Hi, Alex here.")
+        expect(dots).to_be_hidden()
 
         # then: the other tab drops the notice, since the customer no longer waits
         expect(queue.locator("[data-live-waiting] li")).to_have_count(0)

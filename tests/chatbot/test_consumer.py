@@ -469,6 +469,20 @@ def test_the_message_rate_refills_and_never_limits_when_off() -> None:
     assert all(off.take() == 0.0 for _ in range(100))
 
 
+def test_typing_passes_at_most_every_2_s_and_at_once_after_a_message() -> None:
+    from chatbot.consumers import Throttle
+
+    now = [100.0]
+    typing = Throttle(2.0, clock=lambda: now[0])
+    assert [typing.ready(), typing.ready()] == [True, False]
+    now[0] = 101.9
+    assert not typing.ready()
+    now[0] = 102.0
+    assert typing.ready()
+    typing.reset()  # a message was sent
+    assert [typing.ready(), typing.ready()] == [True, False]
+
+
 async def test_rating_and_ping() -> None:
     communicator, history = await open_chat()
 

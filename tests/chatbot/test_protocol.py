@@ -2,7 +2,14 @@ import json
 
 import pytest
 
-from chatbot.protocol import CustomerText, Ping, ProtocolError, Rating, parse_client_frame
+from chatbot.protocol import (
+    CustomerText,
+    Ping,
+    ProtocolError,
+    Rating,
+    Typing,
+    parse_client_frame,
+)
 
 
 @pytest.mark.parametrize(
@@ -56,6 +63,7 @@ def test_parse_client_frame_accepts_valid_frames() -> None:
     )
     assert parse_client_frame('{"type": "rate", "score": 5}') == Rating(5)
     assert parse_client_frame('{"type": "ping"}') == Ping()
+    assert parse_client_frame('{"type": "typing"}') == Typing()
     # A whole UTF-16 pair is one character, and welcome.
     assert parse_client_frame('{"type": "message", "text": "ok \\ud83d\\ude00"}') == (
         CustomerText(text="ok \U0001f600", client_id="")

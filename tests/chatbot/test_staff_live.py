@@ -112,6 +112,102 @@ async def test_the_team_sees_a_conversation_live_and_hears_of_every_hand_off(
         await communicator.disconnect()
 
 
+async def test_each_side_sees_the_other_writing_and_nothing_is_stored(
+    live_policy,  # noqa: F811
+    admin_client: Client,
+    settings,
+) -> None:
+    from django.contrib.auth.models import Permission, User
+
+    from chatbot.models import Message
+
+    # given: a conversation handed to the team, open on two admins' pages and on a viewer's
+    settings.CHATBOT_RATE_LIMIT_BURST = 2  # "typing" must not use up the customer's messages
+    await database_sync_to_async(live_policy)(answer=0.0)
+    customer, history = await open_chat()
+    public_id = history["conversation"]
+    await send_message(customer, "I want to talk to a real person", "t-1")
+
+    def account(name: str, *codenames: str) -> Client:
+        user = User.objects.create_user(
+            name, password="pass-for-tests-1", is_staff=True, first_name=name.title()
+        )
+        user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+        logged_in = Client()
+        logged_in.force_login(user)
+        return logged_in
+
+    sam = await database_sync_to_async(account)("sam", "view_conversation", "change_conversation")
+    viewer = await database_sync_to_async(account)("vic", "view_conversation")
+    query = f"?conversation={public_id}"
+    mine, sams, viewers = [await listening(c, query) for c in (admin_client, sam, viewer)]
+    stored_before = await Message.objects.filter(conversation__public_id=public_id).acount()
+
+    # when: the customer writes, and their widget says so three times in a row
+    for _ in range(3):
+        await customer.send_json_to({"type": "typing"})
+
+    # then: the conversation's pages show it once (it is passed on at most every 2 s)
+    customer_typing = {"type": "typing", "conversation": public_id, "role": "customer"}
+    for page in (mine, sams, viewers):
+        assert await page.receive_json_from(timeout=10) == customer_typing
+        assert await page.receive_nothing(timeout=0.3)
+    # ... and the customer hears nothing back, and may still send their messages
+    assert await customer.receive_nothing(timeout=0.3)
+    await customer.send_json_to({"type": "message", "text": "it's about my card", "id": "t-2"})
+    assert (await customer.receive_json_from(timeout=10))["type"] == "ack"
+    for page in (mine, sams, viewers):
+        assert (await page.receive_json_from(timeout=10))["text"] == "it's about my card"
+
+    # when: they start their next message at once
+    await customer.send_json_to({"type": "typing"})
+
+    # then: it shows without waiting out the 2 s: what they were writing has been sent
+    for page in (mine, sams, viewers):
+        assert await page.receive_json_from(timeout=10) == customer_typing
+
+    # when: an admin writes a reply, saying so twice
+    await mine.send_json_to({"type": "typing"})
+    await mine.send_json_to({"type": "typing"})
+
+    # then: the customer's widget hears that the team is writing (not who), once
+    assert await customer.receive_json_from(timeout=10) == {"type": "typing", "role": "agent"}
+    assert await customer.receive_nothing(timeout=0.3)
+    # ... the team's other pages hear who; the admin's own page hears nothing of it
+    said = {"type": "typing", "conversation": public_id, "role": "agent", "name": "admin"}
+    for page in (sams, viewers):
+        assert await page.receive_json_from(timeout=10) == said
+    assert await mine.receive_nothing(timeout=0.3)
+
+    # when: someone who may only view tries, and so does the list of conversations
+    await viewers.send_json_to({"type": "typing"})
+    inbox = await listening(sam)
+    await inbox.send_json_to({"type": "typing"})
+
+    # then: both are told that they only listen, and nobody hears of it
+    for page in (viewers, inbox):
+        error = await page.receive_json_from(timeout=10)
+        assert (error["type"], error["code"]) == ("error", "read_only")
+    assert await customer.receive_nothing(timeout=0.3)
+    assert await sams.receive_nothing(timeout=0.1)
+    # ... and nothing of the writing was stored
+    count = await Message.objects.filter(conversation__public_id=public_id).acount()
+    assert count == stored_before + 1  # "it's about my card"
+
+    # when: a visitor who has not written yet starts typing
+    conversations = await Conversation.objects.acount()
+    newcomer, _ = await open_chat()
+    await newcomer.send_json_to({"type": "typing"})
+
+    # then: no conversation is stored for it, and nothing goes wrong
+    assert await newcomer.receive_nothing(timeout=0.3)
+    await newcomer.send_json_to({"type": "ping"})
+    assert await newcomer.receive_json_from(timeout=10) == {"type": "pong"}
+    assert await Conversation.objects.acount() == conversations
+    for communicator in (customer, mine, sams, viewers, inbox, newcomer):
+        await communicator.disconnect()
+
+
 async def test_only_staff_who_may_view_conversations_on_this_site_may_listen(
     knowledge_base, client: Client, settings
 ) -> None:
