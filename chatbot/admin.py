@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import uuid
 
 from django import forms
@@ -28,6 +29,8 @@ from chatbot.models import (
     ReviewItem,
     TrainingRun,
 )
+
+logger = logging.getLogger(__name__)
 
 BOT_DECISION_FIELDS = (
     "decision",
@@ -303,6 +306,26 @@ class ConversationAdmin(ExtraViews, DistinctSearchMixin, admin.ModelAdmin):
         """Conversations waiting for a person first, then the most recently active."""
         waiting = Case(When(status=Conversation.Status.NEEDS_HUMAN, then=0), default=1)
         return [waiting.asc(), "-last_activity_at"]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """The page, with the answers the bot would give to what the customer asked since the
+        team last wrote, for the person replying ("Suggested answers")."""
+        conversation = self.get_object(request, object_id)
+        extra_context = extra_context or {}
+        if (
+            conversation is not None
+            and conversation.status != Conversation.Status.CLOSED
+            and self.has_change_permission(request, conversation)
+        ):
+            try:
+                extra_context["suggested_replies"] = services.staff_reply_suggestions(
+                    conversation=conversation
+                )
+            except Exception:
+                # The page and the reply box work without them.
+                logger.exception("No suggested replies for conversation %s", conversation.pk)
+                extra_context["suggested_replies_failed"] = True
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def _posted_conversation(self, request: HttpRequest, object_id: str) -> Conversation:
         conversation = self.get_object(request, object_id)  # by primary key or UUID

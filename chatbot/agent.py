@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field, replace
 
 from django.conf import settings
@@ -93,6 +94,47 @@ def rank_intents(hits, limit: int = 3) -> list[IntentScore]:
         best[hit.intent] = max(best.get(hit.intent, -1.0), hit.score)
     ranked = sorted(best.items(), key=lambda item: item[1], reverse=True)
     return [IntentScore(intent, round(score, 4)) for intent, score in ranked[:limit]]
+
+
+@dataclass(frozen=True)
+class SuggestedReply:
+    """An answer a person on the team may send as it is or edit first: the template the bot
+    would answer with for one of the intents the customer most likely asks about."""
+
+    intent: str
+    # The model's calibrated probability of the intent (without a model: the similarity of the
+    # intent's nearest example).
+    probability: float
+    text: str
+    template_id: int
+
+
+def suggested_replies(
+    analyses: Sequence[Analysis], *, skip: str = "", limit: int = 3
+) -> list[SuggestedReply]:
+    """For messages waiting for an answer (as the models read them), the likeliest intents'
+    templates closest to the message that makes each likeliest, likeliest first; never `skip`
+    (asking for a person, which the team is already doing), only intents with a template."""
+    best: dict[str, tuple[float, Analysis]] = {}
+    for analysis in analyses:
+        if analysis.index is None:
+            continue
+        ranked = (
+            analysis.prediction.top_k
+            if analysis.prediction is not None
+            else [(r.intent, r.score) for r in rank_intents(analysis.example_hits)]
+        )
+        answerable = analysis.index.templates.ids_by_intent
+        for intent, probability in ranked:
+            known = intent != skip and intent in answerable
+            if known and probability > best.get(intent, (-math.inf,))[0]:
+                best[intent] = (probability, analysis)
+    replies = []
+    for intent, (probability, analysis) in sorted(best.items(), key=lambda kv: -kv[1][0])[:limit]:
+        hits = analysis.index.search_templates(analysis.vector[None, :], 1, intent=intent)[0]
+        if hits:
+            replies.append(SuggestedReply(intent, round(probability, 4), hits[0].text, hits[0].id))
+    return replies
 
 
 CLARIFY_TEXT = "I want to be sure I help with the right thing. Which of these is closest?"

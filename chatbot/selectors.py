@@ -37,6 +37,17 @@ def conversations_waiting(*, limit: int) -> list[Conversation]:
     )
 
 
+def messages_awaiting_the_team(*, conversation: Conversation, limit: int) -> list[Message]:
+    """The customer's latest messages since someone on the team last wrote, newest first."""
+    awaiting = []
+    for message in conversation.messages.order_by("-created_at", "-id")[: 5 * limit]:
+        if message.role == Message.Role.AGENT or len(awaiting) == limit:
+            break
+        if message.role == Message.Role.CUSTOMER:
+            awaiting.append(message)
+    return awaiting
+
+
 def reply_to(*, message_id: int) -> Message | None:
     return Message.objects.select_related("intent").filter(in_reply_to_id=message_id).first()
 

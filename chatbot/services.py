@@ -19,7 +19,14 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 
 from chatbot import protocol, selectors
-from chatbot.agent import TALK_TO_PERSON_LABEL, Agent, AgentReply, handoff_after_failures
+from chatbot.agent import (
+    TALK_TO_PERSON_LABEL,
+    Agent,
+    AgentReply,
+    SuggestedReply,
+    handoff_after_failures,
+    suggested_replies,
+)
 from chatbot.batching import MicroBatcher
 from chatbot.db import db_async
 from chatbot.models import AnswerTemplate, Conversation, Intent, Message
@@ -653,6 +660,31 @@ def _broadcast(conversation: Conversation, message: Message, *, status: str) -> 
         # Stored already (this runs after commit): an open widget gets it with the history
         # when it reconnects. A 500 now would tell the admin the change failed; it did not.
         logger.exception("Could not push message %s to the open widget", message.pk)
+
+
+# The customer's messages (since the team last wrote) that suggested replies are drawn from.
+SUGGESTION_MESSAGES = 3
+
+
+def staff_reply_suggestions(
+    *, conversation: Conversation, limit: int = 3, timeout_s: float = 5.0
+) -> list[SuggestedReply]:
+    """The answers the bot has for what the customer most likely asks, from their messages
+    since the team last wrote: for the person replying to pick from and edit. Read by the live
+    models on their own thread, in turn with the chat's batches; TimeoutError when that takes
+    longer than `timeout_s` (a process whose models are still loading)."""
+    from chatbot.runtime import get_runtime
+
+    awaiting = selectors.messages_awaiting_the_team(
+        conversation=conversation, limit=SUGGESTION_MESSAGES
+    )
+    if not awaiting:
+        return []
+    runtime = get_runtime()
+    analysed = runtime.batcher.run_on_worker(runtime.analyse_batch, [m.text for m in awaiting])
+    return suggested_replies(
+        analysed.result(timeout=timeout_s), skip=settings.CHATBOT_HANDOFF_INTENT, limit=limit
+    )
 
 
 @transaction.atomic

@@ -128,6 +128,14 @@
     const reply = document.getElementById("id_staff_reply");
     let sentAt = 0;
     if (reply) {
+      // "Use" a suggested answer: into the box, to edit (and send) from there.
+      document.querySelectorAll("[data-suggested-reply]").forEach(function (button) {
+        button.addEventListener("click", function () {
+          reply.value = button.dataset.suggestedReply;
+          reply.focus();
+          reply.dispatchEvent(new Event("input"));
+        });
+      });
       reply.addEventListener("input", function () {
         const now = Date.now();
         if (!reply.value.trim() || now - sentAt < TYPING_EVERY_MS) return;

@@ -16,6 +16,7 @@ from chatbot.models import (
     Message,
     ModelVersion,
 )
+from tests.chatbot.test_policy_chat import live_policy  # noqa: F401  (a fixture)
 
 
 @pytest.fixture
@@ -333,3 +334,57 @@ def test_a_reply_can_be_posted_to_a_conversation_by_the_id_the_widget_shows(
     assert list(conversation.messages.filter(role="agent").values_list("text", flat=True)) == [
         "Hi!"
     ]
+
+
+def test_the_reply_box_suggests_the_bots_answers_to_what_the_customer_asked(
+    live_policy,  # noqa: F811
+    admin_client: Client,
+    client: Client,
+) -> None:
+    import html
+    import re
+
+    from django.contrib.auth.models import Permission, User
+
+    from chatbot.selectors import messages_awaiting_the_team
+
+    # given: a conversation waiting for the team, whose customer asked something since the team
+    # last wrote, and then asked for a person
+    live_policy(answer=0.0)
+    waiting = Conversation.objects.create(status=Conversation.Status.NEEDS_HUMAN)
+
+    def said(role: str, text: str) -> Message:
+        return Message.objects.create(conversation=waiting, role=role, text=text)
+
+    said("customer", "I forgot my password")
+    said("agent", "Hi, Sam here. Anything else?")
+    asked = said("customer", "where is my order NW-123456?")
+    person = said("customer", "can I talk to a person please")
+
+    # then: what the customer wrote since the team last wrote awaits the team, newest first
+    assert messages_awaiting_the_team(conversation=waiting, limit=3) == [person, asked]
+
+    # when: an admin opens the conversation
+    url = reverse("admin:chatbot_conversation_change", args=[waiting.pk])
+    page = admin_client.get(url).content.decode()
+
+    # then: the reply box offers the bot's answer to the question first, never "a person"
+    suggested = re.findall(
+        r'<li data-intent="([^"]+)">\s*<button type="button" class="button" '
+        r'data-suggested-reply="([^"]*)">Use</button>',
+        page,
+    )
+    intents = [intent for intent, _ in suggested]
+    assert 1 <= len(intents) <= 3 and len(set(intents)) == len(intents)
+    assert intents[0] == "order_status" and "talk_to_human" not in intents
+    templates = AnswerTemplate.objects.filter(intent__name="order_status")
+    assert html.unescape(suggested[0][1]) in set(templates.values_list("text", flat=True))
+
+    # ... but not to someone who may only view it, nor on a closed conversation
+    viewer = User.objects.create_user("viewer", password="pass-for-tests-1", is_staff=True)
+    viewer.user_permissions.set(Permission.objects.filter(codename="view_conversation"))
+    client.force_login(viewer)
+    viewed = client.get(url)
+    assert viewed.status_code == 200 and "suggested-replies" not in viewed.content.decode()
+    Conversation.objects.filter(pk=waiting.pk).update(status=Conversation.Status.CLOSED)
+    assert "suggested-replies" not in admin_client.get(url).content.decode()

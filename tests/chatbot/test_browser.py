@@ -302,8 +302,11 @@ def test_the_team_hears_of_a_hand_off_and_sees_the_customer_write_live(
         # then: the admin sees them writing
         expect(admin.locator("[data-live-typing]")).to_have_text("The customer is writing…")
 
-        # when: the admin starts a reply
-        admin.locator("#id_staff_reply").press_sequentially("Hi")
+        # when: the admin starts a reply with one of the answers the bot suggests
+        use = admin.locator("#suggested-replies [data-suggested-reply]").first
+        suggestion = use.get_attribute("data-suggested-reply")
+        use.click()
+        expect(admin.locator("#id_staff_reply")).to_have_value(suggestion)
 
         # then: the customer sees the team writing (the dots, said as such to a screen reader)
         dots = page.get_by_test_id("chat-typing")
