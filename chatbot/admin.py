@@ -310,8 +310,8 @@ class ConversationAdmin(ExtraViews, DistinctSearchMixin, admin.ModelAdmin):
     def change_view(self, request, object_id, form_url="", extra_context=None):
         """The page, with the answers the bot would give to what the customer asked since the
         team last wrote, for the person replying ("Suggested answers")."""
-        conversation = self.get_object(request, object_id)
         extra_context = extra_context or {}
+        conversation = self.get_object(request, object_id) if request.method == "GET" else None
         if (
             conversation is not None
             and conversation.status != Conversation.Status.CLOSED
