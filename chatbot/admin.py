@@ -674,17 +674,22 @@ class ReviewQueueAdmin(ExtraViews, admin.ModelAdmin):
         )
 
     def candidates_view(self, request: HttpRequest) -> HttpResponse:
-        """Groups of alike messages no intent matched; one form per group names a new intent."""
+        """Groups of alike messages no intent matched; one form per group names a new intent
+        from them, or marks them out of scope (the next model learns to decline their like)."""
         if not self.has_change_permission(request):
             raise PermissionDenied
         if request.method == "POST":
             ids = [int(i) for i in request.POST.getlist("message") if i.isdigit()]
-            self._apply(
-                request,
-                ReviewItem.objects.filter(pk__in=ids),
-                Message.Review.RELABELLED,
-                new_intent=request.POST.get("new_intent", ""),
-            )
+            group = ReviewItem.objects.filter(pk__in=ids)
+            if request.POST.get("verdict") == Message.Review.OUT_OF_SCOPE:
+                self._apply(request, group, Message.Review.OUT_OF_SCOPE)
+            else:
+                self._apply(
+                    request,
+                    group,
+                    Message.Review.RELABELLED,
+                    new_intent=request.POST.get("new_intent", ""),
+                )
             return redirect("admin:chatbot_reviewitem_candidates")
         context = {
             **self.admin_site.each_context(request),

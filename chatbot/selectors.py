@@ -189,6 +189,7 @@ class CandidateIntent:
     size: int
     examples: list[str]  # closest to the group's centre first
     message_ids: list[int]
+    out_of_scope: int = 0  # how many a reviewer already marked out of scope
 
 
 def unmatched_messages(*, limit: int = 2000) -> list[Message]:
@@ -228,6 +229,9 @@ def candidate_intents(
                 size=len(members),
                 examples=[messages[i].text for i in order[:shown]],
                 message_ids=[messages[i].pk for i in order],
+                out_of_scope=sum(
+                    messages[i].review == Message.Review.OUT_OF_SCOPE for i in members
+                ),
             )
         )
     return sorted(groups, key=lambda g: -g.size)

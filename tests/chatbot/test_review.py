@@ -291,6 +291,7 @@ def test_alike_unmatched_messages_are_grouped_as_candidate_new_intents(
 
     # when: the admin names the first group
     page = admin_client.get(reverse("admin:chatbot_reviewitem_candidates"))
+    assert page.content.decode().count("Mark these out of scope") == 2
     admin_client.post(
         reverse("admin:chatbot_reviewitem_candidates"),
         {"message": groups[0].message_ids, "new_intent": "buy crypto"},
@@ -301,6 +302,23 @@ def test_alike_unmatched_messages_are_grouped_as_candidate_new_intents(
     examples = IntentExample.objects.filter(intent__name="buy_crypto")
     assert set(examples.values_list("text", flat=True)) == set(crypto)
     assert [len(g.message_ids) for g in selectors.candidate_intents()] == [3]
+
+    # when: the company does not sell pet insurance, and the admin says so for the group
+    admin_client.post(
+        reverse("admin:chatbot_reviewitem_candidates"),
+        {"message": groups[1].message_ids, "verdict": "out_of_scope"},
+    )
+
+    # then: each is reviewed out of scope (what the next model learns to decline), no intent is
+    # made, and the group stays listed as such, with nothing left to mark
+    reviewed = Message.objects.filter(pk__in=groups[1].message_ids)
+    assert sorted(reviewed.values_list("review", flat=True)) == ["out_of_scope"] * 3
+    assert not Intent.objects.filter(name__contains="insurance").exists()
+    [left] = selectors.candidate_intents()
+    assert (left.size, left.out_of_scope) == (3, 3)
+    page = admin_client.get(reverse("admin:chatbot_reviewitem_candidates")).content.decode()
+    assert "3 messages (3 marked out of scope)" in page
+    assert "Mark these out of scope" not in page
 
 
 def test_a_verdict_that_undoes_an_example_takes_it_out_of_the_answer_index(
