@@ -17,7 +17,10 @@ that falls in the policy's borderline, not declined, which the optional second o
 most, and how many in-scope messages it would be shown.
 (3) With --reviewed-oos K (a list; 0 is (2)): the same, after a support admin marked K messages
 of each held-out intent out of scope (K of its rows in train.csv, never its test messages),
-which training reads as the product's learning loop gives them.
+which training reads as the product's learning loop gives them. With --reviewed-from declined,
+those K are drawn only from the rows the model of (2) declined: what "Candidate new intents"
+shows an admin, whose "Mark these out of scope" then reviews them (fewer when it declined fewer).
+--skip-coverage leaves (1) out (and the all-77 model's accuracy with it).
 """
 
 from __future__ import annotations
@@ -74,21 +77,31 @@ def coverage_run(train, val, test, workdir: Path) -> tuple[dict, np.ndarray]:
     }, pred
 
 
+def held_out_intents(examples, seed: int) -> set[str]:
+    return set(random.Random(seed).sample(sorted({e.label for e in examples}), HELD_OUT))
+
+
 def holdout_run(
-    examples, test, workdir: Path, seed: int, all_intents_pred: np.ndarray, reviewed: int = 0
+    examples,
+    test,
+    workdir: Path,
+    seed: int,
+    all_intents_pred: np.ndarray | None,
+    reviewed: int = 0,
+    pool=None,
 ) -> dict:
-    labels = sorted({e.label for e in examples})
-    held_out = set(random.Random(seed).sample(labels, HELD_OUT))
+    """`pool`: the rows the reviewed messages are drawn from (default: every held-out row)."""
+    held_out = held_out_intents(examples, seed)
     known = [e for e in examples if e.label not in held_out]
     pick = random.Random(seed + 1)
+    pool = examples if pool is None else pool
+    by_label = {label: [e for e in pool if e.label == label] for label in sorted(held_out)}
     out_of_scope = [
-        e.text
-        for label in sorted(held_out)
-        for e in pick.sample([e for e in examples if e.label == label], reviewed)
+        e.text for rows in by_label.values() for e in pick.sample(rows, min(reviewed, len(rows)))
     ]
     config = TrainConfig()
     train, val = stratified_split(known, val_fraction=config.val_fraction, seed=config.seed)
-    directory = workdir / f"holdout-{reviewed}"
+    directory = workdir / f"holdout-{reviewed}-{len(out_of_scope)}"
     train_to_directory(config, train, val, directory, out_of_scope=out_of_scope)
     classifier = IntentClassifier.from_dir(directory)
     decisions = classifier.decide([e.text for e in test])
@@ -111,6 +124,8 @@ def holdout_run(
     accuracy_with = float(((pred == gold) & ~declined)[in_scope].mean())
     return {
         "reviewed_out_of_scope_per_intent": reviewed,
+        "reviewed_out_of_scope": len(out_of_scope),
+        "reviewed_from": "all" if pool is examples else "declined",
         "served_precision": classifier.precision,
         "held_out_intents": sorted(held_out),
         "oos_test_messages": int(is_oos.sum()),
@@ -120,12 +135,23 @@ def holdout_run(
         "in_scope_accuracy_with_policy": accuracy_with,
         "in_scope_accuracy_drop_points": round(100 * (accuracy_without - accuracy_with), 2),
         "in_scope_declined": float(declined[in_scope].mean()),
-        "in_scope_accuracy_all_intents_model": float((all_intents_pred == gold)[in_scope].mean()),
+        "in_scope_accuracy_all_intents_model": None
+        if all_intents_pred is None
+        else float((all_intents_pred == gold)[in_scope].mean()),
         "oos_shares": decision_shares(decided[is_oos].tolist()),
         "second_opinion_asked_in_scope": float(asked[in_scope].mean()),
         "second_opinion_asked_oos": float(asked[is_oos].mean()),
         "policy": classifier.thresholds["policy"],
+        "directory": str(directory),
     }
+
+
+def declined_rows(examples, seed: int, directory: Path):
+    """The held-out intents' train.csv rows that the model in `directory` declines."""
+    held_out = held_out_intents(examples, seed)
+    rows = [e for e in examples if e.label in held_out]
+    decisions = IntentClassifier.from_dir(directory).decide([e.text for e in rows])
+    return [e for e, d in zip(rows, decisions, strict=True) if d.decision == OUT_OF_SCOPE]
 
 
 def main() -> None:
@@ -138,6 +164,8 @@ def main() -> None:
         default="0",
         help="comma-separated: messages of each held-out intent reviewed as out of scope",
     )
+    parser.add_argument("--reviewed-from", choices=("all", "declined"), default="all")
+    parser.add_argument("--skip-coverage", action="store_true")
     args = parser.parse_args()
     examples = load_csv(args.data / "train.csv", label_col="category")
     test = load_csv(args.data / "test.csv", label_col="category")
@@ -145,17 +173,35 @@ def main() -> None:
     train, val = stratified_split(examples, val_fraction=config.val_fraction, seed=config.seed)
     results = {}
     with tempfile.TemporaryDirectory() as workdir:
-        results["coverage"], all_intents_pred = coverage_run(train, val, test, Path(workdir))
-        print(json.dumps(results["coverage"]), flush=True)
+        all_intents_pred = None
+        if not args.skip_coverage:
+            results["coverage"], all_intents_pred = coverage_run(train, val, test, Path(workdir))
+            print(json.dumps(results["coverage"]), flush=True)
         results["holdout"] = []
-        for reviewed in (int(k) for k in args.reviewed_oos.split(",")):
-            run = holdout_run(examples, test, Path(workdir), args.seed, all_intents_pred, reviewed)
+        counts = [int(k) for k in args.reviewed_oos.split(",")]
+        if args.reviewed_from == "declined" and counts[0] != 0:
+            counts.insert(0, 0)  # the model whose declines are reviewed
+        pool = None
+        for reviewed in counts:
+            run = holdout_run(
+                examples, test, Path(workdir), args.seed, all_intents_pred, reviewed, pool
+            )
             results["holdout"].append(run)
             print(json.dumps(run), flush=True)
-    c = results["coverage"]
+            if reviewed == 0 and args.reviewed_from == "declined":
+                pool = declined_rows(examples, args.seed, Path(run["directory"]))
+                print(f"the zero-shot model declined {len(pool)} held-out rows", flush=True)
     print()
     print("| measure | value |")
     print("|---|---|")
+    if not args.skip_coverage:
+        print_coverage(results["coverage"])
+    print_holdout(results["holdout"])
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def print_coverage(c: dict) -> None:
     print(f"| test accuracy (all answered) | {c['test_accuracy']:.2%} |")
     print(f"| coverage at the 90%-validation threshold | {c['test_coverage']:.2%} |")
     print(f"| answered accuracy there | {c['test_answered_accuracy']:.2%} |")
@@ -165,9 +211,17 @@ def main() -> None:
         f"{shares['clarify']:.1%} / {shares['out_of_scope']:.1%} "
         f"(answered accuracy {c['policy_test_answered_accuracy']:.2%}) |"
     )
-    for h in results["holdout"]:
+
+
+def print_holdout(runs: list[dict]) -> None:
+    for h in runs:
         k = h["reviewed_out_of_scope_per_intent"]
-        when = f"{k} of each reviewed" if k else "none reviewed"
+        declined = " it had declined" if h["reviewed_from"] == "declined" else ""
+        when = (
+            f"{k} of each reviewed{declined}, {h['reviewed_out_of_scope']} in all"
+            if k
+            else "none reviewed"
+        )
         print(f"| out-of-scope recall, 10 held-out intents ({when}) | {h['oos_recall']:.2%} |")
         print(f"| out-of-scope precision ({when}) | {h['oos_precision']:.2%} |")
         print(
@@ -176,10 +230,11 @@ def main() -> None:
             f"{h['in_scope_accuracy_with_policy']:.2%} "
             f"(-{h['in_scope_accuracy_drop_points']:.2f} points) |"
         )
-        print(
-            f"| in-scope accuracy of the model that knows all 77 ({when}) | "
-            f"{h['in_scope_accuracy_all_intents_model']:.2%} |"
-        )
+        if h["in_scope_accuracy_all_intents_model"] is not None:
+            print(
+                f"| in-scope accuracy of the model that knows all 77 ({when}) | "
+                f"{h['in_scope_accuracy_all_intents_model']:.2%} |"
+            )
         oos = h["oos_shares"]
         print(
             f"| held-out intents' messages answered / clarified / declined ({when}) | "
@@ -189,8 +244,6 @@ def main() -> None:
             f"| borderline, not declined: in-scope / held-out intents' messages ({when}) | "
             f"{h['second_opinion_asked_in_scope']:.1%} / {h['second_opinion_asked_oos']:.1%} |"
         )
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
