@@ -1,7 +1,7 @@
 """BANKING77 benchmark of the decision policy: answered accuracy vs coverage, and out of scope.
 
     .venv/bin/python benchmarks/policy_banking77.py [--data ../shared/data/banking77] [--json F]
-        [--reviewed-oos 0,5]
+        [--reviewed-oos 0,5 | --nights 2 --per-night 3] [--skip-coverage]
 
 (1) Trains the default full fine-tune on train.csv (stratified 10% validation split) and reports,
 on test.csv, the accuracy of the messages the bot answers at the threshold that answered 90% of
@@ -17,9 +17,11 @@ that falls in the policy's borderline, not declined, which the optional second o
 most, and how many in-scope messages it would be shown.
 (3) With --reviewed-oos K (a list; 0 is (2)): the same, after a support admin marked K messages
 of each held-out intent out of scope (K of its rows in train.csv, never its test messages),
-which training reads as the product's learning loop gives them. With --reviewed-from declined,
-those K are drawn only from the rows the model of (2) declined: what "Candidate new intents"
-shows an admin, whose "Mark these out of scope" then reviews them (fewer when it declined fewer).
+which training reads as the product's learning loop gives them.
+(4) With --nights N instead: the loop as a company runs it. Each night, --per-night K more rows
+of each held-out intent are reviewed out of scope, drawn only from those the last model declined
+(what "Candidate new intents" shows an admin, whose "Mark these out of scope" reviews them;
+fewer when it declined fewer), and a model is trained on all reviewed so far.
 --skip-coverage leaves (1) out (and the all-77 model's accuracy with it).
 """
 
@@ -81,6 +83,12 @@ def held_out_intents(examples, seed: int) -> set[str]:
     return set(random.Random(seed).sample(sorted({e.label for e in examples}), HELD_OUT))
 
 
+def reviewed_rows(rows, held_out: set[str], k: int, pick: random.Random) -> list:
+    """`k` rows of each held-out intent among `rows` (all of them where it has fewer)."""
+    by_label = {label: [e for e in rows if e.label == label] for label in sorted(held_out)}
+    return [e for group in by_label.values() for e in pick.sample(group, min(k, len(group)))]
+
+
 def holdout_run(
     examples,
     test,
@@ -88,17 +96,16 @@ def holdout_run(
     seed: int,
     all_intents_pred: np.ndarray | None,
     reviewed: int = 0,
-    pool=None,
+    out_of_scope: list[str] | None = None,
+    reviewed_from: str = "all",
 ) -> dict:
-    """`pool`: the rows the reviewed messages are drawn from (default: every held-out row)."""
+    """`out_of_scope`: the reviewed messages (default: `reviewed` of each held-out intent's
+    rows, at random)."""
     held_out = held_out_intents(examples, seed)
     known = [e for e in examples if e.label not in held_out]
-    pick = random.Random(seed + 1)
-    pool = examples if pool is None else pool
-    by_label = {label: [e for e in pool if e.label == label] for label in sorted(held_out)}
-    out_of_scope = [
-        e.text for rows in by_label.values() for e in pick.sample(rows, min(reviewed, len(rows)))
-    ]
+    if out_of_scope is None:
+        rows = reviewed_rows(examples, held_out, reviewed, random.Random(seed + 1))
+        out_of_scope = [e.text for e in rows]
     config = TrainConfig()
     train, val = stratified_split(known, val_fraction=config.val_fraction, seed=config.seed)
     directory = workdir / f"holdout-{reviewed}-{len(out_of_scope)}"
@@ -125,7 +132,7 @@ def holdout_run(
     return {
         "reviewed_out_of_scope_per_intent": reviewed,
         "reviewed_out_of_scope": len(out_of_scope),
-        "reviewed_from": "all" if pool is examples else "declined",
+        "reviewed_from": reviewed_from,
         "served_precision": classifier.precision,
         "held_out_intents": sorted(held_out),
         "oos_test_messages": int(is_oos.sum()),
@@ -154,6 +161,41 @@ def declined_rows(examples, seed: int, directory: Path):
     return [e for e, d in zip(rows, decisions, strict=True) if d.decision == OUT_OF_SCOPE]
 
 
+def nightly_runs(
+    examples, test, workdir: Path, seed: int, all_intents_pred, per_night: int, nights: int
+):
+    """The loop as a company runs it: the zero-shot model, then each night `per_night` more of
+    each held-out intent's rows reviewed out of scope, drawn from those the last model
+    declined (the candidate groups an admin marks), and a model trained on all reviewed so far."""
+    held_out = held_out_intents(examples, seed)
+    pick = random.Random(seed + 1)
+    reviewed: list = []
+    run = holdout_run(examples, test, workdir, seed, all_intents_pred)
+    yield run
+    for night in range(1, nights + 1):
+        seen = {e.text for e in reviewed}
+        declined = [
+            e for e in declined_rows(examples, seed, Path(run["directory"])) if e.text not in seen
+        ]
+        print(
+            f"night {night}: the last model declined {len(declined)} held-out rows not yet "
+            "reviewed",
+            flush=True,
+        )
+        reviewed += reviewed_rows(declined, held_out, per_night, pick)
+        run = holdout_run(
+            examples,
+            test,
+            workdir,
+            seed,
+            all_intents_pred,
+            per_night * night,
+            [e.text for e in reviewed],
+            reviewed_from=f"declined, {night} night(s)",
+        )
+        yield run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -164,7 +206,14 @@ def main() -> None:
         default="0",
         help="comma-separated: messages of each held-out intent reviewed as out of scope",
     )
-    parser.add_argument("--reviewed-from", choices=("all", "declined"), default="all")
+    parser.add_argument(
+        "--nights",
+        type=int,
+        default=0,
+        help="instead of --reviewed-oos: this many nights of the loop, each reviewing "
+        "--per-night more of each held-out intent among those the last model declined",
+    )
+    parser.add_argument("--per-night", type=int, default=3)
     parser.add_argument("--skip-coverage", action="store_true")
     args = parser.parse_args()
     examples = load_csv(args.data / "train.csv", label_col="category")
@@ -178,19 +227,25 @@ def main() -> None:
             results["coverage"], all_intents_pred = coverage_run(train, val, test, Path(workdir))
             print(json.dumps(results["coverage"]), flush=True)
         results["holdout"] = []
-        counts = [int(k) for k in args.reviewed_oos.split(",")]
-        if args.reviewed_from == "declined" and counts[0] != 0:
-            counts.insert(0, 0)  # the model whose declines are reviewed
-        pool = None
-        for reviewed in counts:
-            run = holdout_run(
-                examples, test, Path(workdir), args.seed, all_intents_pred, reviewed, pool
+        runs = (
+            nightly_runs(
+                examples,
+                test,
+                Path(workdir),
+                args.seed,
+                all_intents_pred,
+                args.per_night,
+                args.nights,
             )
+            if args.nights
+            else (
+                holdout_run(examples, test, Path(workdir), args.seed, all_intents_pred, int(k))
+                for k in args.reviewed_oos.split(",")
+            )
+        )
+        for run in runs:
             results["holdout"].append(run)
             print(json.dumps(run), flush=True)
-            if reviewed == 0 and args.reviewed_from == "declined":
-                pool = declined_rows(examples, args.seed, Path(run["directory"]))
-                print(f"the zero-shot model declined {len(pool)} held-out rows", flush=True)
     print()
     print("| measure | value |")
     print("|---|---|")
@@ -216,9 +271,10 @@ def print_coverage(c: dict) -> None:
 def print_holdout(runs: list[dict]) -> None:
     for h in runs:
         k = h["reviewed_out_of_scope_per_intent"]
-        declined = " it had declined" if h["reviewed_from"] == "declined" else ""
+        loop = h["reviewed_from"]
+        source = f" among those declined, {loop.split(', ')[1]}" if loop != "all" else ""
         when = (
-            f"{k} of each reviewed{declined}, {h['reviewed_out_of_scope']} in all"
+            f"{k} of each reviewed{source}, {h['reviewed_out_of_scope']} in all"
             if k
             else "none reviewed"
         )
