@@ -307,25 +307,22 @@ class ConversationAdmin(ExtraViews, DistinctSearchMixin, admin.ModelAdmin):
         waiting = Case(When(status=Conversation.Status.NEEDS_HUMAN, then=0), default=1)
         return [waiting.asc(), "-last_activity_at"]
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         """The page, with the answers the bot would give to what the customer asked since the
-        team last wrote, for the person replying ("Suggested answers")."""
-        extra_context = extra_context or {}
-        conversation = self.get_object(request, object_id) if request.method == "GET" else None
+        team last wrote, for the person replying ("Suggested answers"). Only when a page is
+        shown: a saved form redirects without rendering."""
         if (
-            conversation is not None
-            and conversation.status != Conversation.Status.CLOSED
-            and self.has_change_permission(request, conversation)
+            obj is not None
+            and obj.status != Conversation.Status.CLOSED
+            and self.has_change_permission(request, obj)
         ):
             try:
-                extra_context["suggested_replies"] = services.staff_reply_suggestions(
-                    conversation=conversation
-                )
+                context["suggested_replies"] = services.staff_reply_suggestions(conversation=obj)
             except Exception:
                 # The page and the reply box work without them.
-                logger.exception("No suggested replies for conversation %s", conversation.pk)
-                extra_context["suggested_replies_failed"] = True
-        return super().change_view(request, object_id, form_url, extra_context)
+                logger.exception("No suggested replies for conversation %s", obj.pk)
+                context["suggested_replies_failed"] = True
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def _posted_conversation(self, request: HttpRequest, object_id: str) -> Conversation:
         conversation = self.get_object(request, object_id)  # by primary key or UUID

@@ -166,12 +166,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         stored, nothing is answered). A conversation not stored yet has no page to show it."""
         if self.conversation.pk is None or not self.typing.ready():
             return
-        try:
-            await services.typing_publish(
-                public_id=self.conversation.public_id, role="customer", sender=self.channel_name
-            )
-        except Exception:
-            logger.exception("Could not show conversation %s's typing", self.conversation.pk)
+        await services.typing_publish(
+            public_id=self.conversation.public_id, role="customer", sender=self.channel_name
+        )
 
     async def customer_text(self, frame: protocol.CustomerText, received_at: float) -> None:
         self.typing.reset()  # their next message may be shown as being written at once
@@ -345,17 +342,12 @@ class StaffConsumer(AsyncWebsocketConsumer):
             frame = None
         if isinstance(frame, protocol.Typing) and self.conversation and self.rights.reply:
             if await self.still_allowed() and self.rights.reply and self.typing.ready():
-                try:
-                    await services.typing_publish(
-                        public_id=self.conversation,
-                        role="agent",
-                        sender=self.channel_name,
-                        name=self.rights.name,
-                    )
-                except Exception:
-                    logger.exception(
-                        "Could not show a reply being written to %s", self.conversation
-                    )
+                await services.typing_publish(
+                    public_id=self.conversation,
+                    role="agent",
+                    sender=self.channel_name,
+                    name=self.rights.name,
+                )
             return
         error = protocol.ProtocolError(
             "read_only",

@@ -614,22 +614,25 @@ async def typing_publish(*, public_id, role: str, sender: str, name: str = "") -
     """Someone is writing in a conversation: the customer (shown on the team's pages of it), or
     a person of the team (`name`; shown in the customer's widget, without the name, and on the
     team's other pages of it). Nothing is stored; `sender` (a channel name) does not hear its
-    own."""
+    own. A failure is logged, never raised: it must not cost the connection."""
     from channels.layers import get_channel_layer
 
     layer = get_channel_layer()
     public_id = str(public_id)
     staff_frame = {"type": "typing", "conversation": public_id, "role": role}
-    if role == "agent":
-        staff_frame["name"] = name
+    try:
+        if role == "agent":
+            staff_frame["name"] = name
+            await layer.group_send(
+                conversation_group(public_id),
+                {"type": "conversation.message", "frame": {"type": "typing", "role": "agent"}},
+            )
         await layer.group_send(
-            conversation_group(public_id),
-            {"type": "conversation.message", "frame": {"type": "typing", "role": "agent"}},
+            staff_conversation_group(public_id),
+            {"type": "staff.frames", "frames": [staff_frame], "sender": sender},
         )
-    await layer.group_send(
-        staff_conversation_group(public_id),
-        {"type": "staff.frames", "frames": [staff_frame], "sender": sender},
-    )
+    except Exception:
+        logger.exception("Could not show that someone is writing in conversation %s", public_id)
 
 
 def _broadcast(conversation: Conversation, message: Message, *, status: str) -> None:
