@@ -1,7 +1,7 @@
 """BANKING77 benchmark of the decision policy: answered accuracy vs coverage, and out of scope.
 
     .venv/bin/python benchmarks/policy_banking77.py [--data ../shared/data/banking77] [--json F]
-        [--reviewed-oos 0,5 | --nights 2 --per-night 3] [--skip-coverage]
+        [--reviewed-oos 0,5 | --nights 2 --per-night 3 [--review-from groups]] [--skip-coverage]
 
 (1) Trains the default full fine-tune on train.csv (stratified 10% validation split) and reports,
 on test.csv, the accuracy of the messages the bot answers at the threshold that answered 90% of
@@ -22,6 +22,12 @@ which training reads as the product's learning loop gives them.
 of each held-out intent are reviewed out of scope, drawn only from those the last model declined
 (what "Candidate new intents" shows an admin, whose "Mark these out of scope" reviews them;
 fewer when it declined fewer), and a model is trained on all reviewed so far.
+With --review-from groups, the rows an admin can reach also take in the look-alikes that
+"Candidate new intents" lists under each group (retrieval.groups: messages the bot answered or
+clarified that would have joined a group of declined ones), which the admin ticks when the bot
+got them wrong. The traffic grouped is the held-out intents' train.csv rows and the in-scope
+validation split (the model never trained on either); each night prints how many look-alikes
+of each kind an admin was shown.
 --skip-coverage leaves (1) out (and the all-77 model's accuracy with it).
 """
 
@@ -161,28 +167,88 @@ def declined_rows(examples, seed: int, directory: Path):
     return [e for e, d in zip(rows, decisions, strict=True) if d.decision == OUT_OF_SCOPE]
 
 
+def reachable_rows(examples, seed: int, directory: Path, reviewed: list, encoder) -> tuple:
+    """The held-out intents' rows an admin reaches from the review queue and "Candidate new
+    intents": those the model in `directory` declines, and those it answers or clarifies that
+    are listed as a group's look-alikes; and what the admin was shown."""
+    from retrieval.groups import alike_groups
+
+    held_out = held_out_intents(examples, seed)
+    known = [e for e in examples if e.label not in held_out]
+    config = TrainConfig()
+    _, val = stratified_split(known, val_fraction=config.val_fraction, seed=config.seed)
+    traffic = [e for e in examples if e.label in held_out] + val
+    decisions = IntentClassifier.from_dir(directory).decide([e.text for e in traffic])
+    marked = {e.text for e in reviewed}
+    # What "Candidate new intents" groups: declined, or reviewed out of scope before.
+    unmatched = [
+        e
+        for e, d in zip(traffic, decisions, strict=True)
+        if d.decision == OUT_OF_SCOPE or e.text in marked
+    ]
+    answered = [
+        e
+        for e, d in zip(traffic, decisions, strict=True)
+        if d.decision != OUT_OF_SCOPE and e.text not in marked
+    ]
+    vectors = encoder.encode([e.text for e in unmatched + answered])
+    groups = alike_groups(vectors[: len(unmatched)], vectors[len(unmatched) :])
+    look_alikes = [answered[i] for g in groups for i in g.look_alikes]
+    declined = [e for e in unmatched if e.label in held_out and e.text not in marked]
+    shown = {
+        "groups": len(groups),
+        "grouped": sum(len(g.members) for g in groups),
+        "look_alikes_held_out": sum(e.label in held_out for e in look_alikes),
+        "look_alikes_in_scope": sum(e.label not in held_out for e in look_alikes),
+        "held_out_answered_or_clarified": sum(e.label in held_out for e in answered),
+    }
+    return declined + [e for e in look_alikes if e.label in held_out], shown
+
+
 def nightly_runs(
-    examples, test, workdir: Path, seed: int, all_intents_pred, per_night: int, nights: int
+    examples,
+    test,
+    workdir: Path,
+    seed: int,
+    all_intents_pred,
+    per_night: int,
+    nights: int,
+    review_from: str = "declined",
 ):
     """The loop as a company runs it: the zero-shot model, then each night `per_night` more of
     each held-out intent's rows reviewed out of scope, drawn from those the last model
-    declined (the candidate groups an admin marks), and a model trained on all reviewed so far."""
+    declined (the candidate groups an admin marks), or with `review_from="groups"` also from
+    the groups' look-alikes; and a model trained on all reviewed so far."""
     held_out = held_out_intents(examples, seed)
     pick = random.Random(seed + 1)
     reviewed: list = []
+    encoder = None
+    if review_from == "groups":
+        from retrieval.encoder import SentenceEncoder
+        from training.train import default_base_model
+
+        encoder = SentenceEncoder.from_pretrained(default_base_model())
     run = holdout_run(examples, test, workdir, seed, all_intents_pred)
     yield run
     for night in range(1, nights + 1):
         seen = {e.text for e in reviewed}
-        declined = [
-            e for e in declined_rows(examples, seed, Path(run["directory"])) if e.text not in seen
-        ]
+        shown = {}
+        if encoder is None:
+            pool = [
+                e
+                for e in declined_rows(examples, seed, Path(run["directory"]))
+                if e.text not in seen
+            ]
+        else:
+            pool, shown = reachable_rows(
+                examples, seed, Path(run["directory"]), reviewed, encoder
+            )
         print(
-            f"night {night}: the last model declined {len(declined)} held-out rows not yet "
-            "reviewed",
+            f"night {night}: {len(pool)} held-out rows not yet reviewed within reach "
+            f"({review_from}) {json.dumps(shown)}",
             flush=True,
         )
-        reviewed += reviewed_rows(declined, held_out, per_night, pick)
+        reviewed += reviewed_rows(pool, held_out, per_night, pick)
         run = holdout_run(
             examples,
             test,
@@ -191,8 +257,9 @@ def nightly_runs(
             all_intents_pred,
             per_night * night,
             [e.text for e in reviewed],
-            reviewed_from=f"declined, {night} night(s)",
+            reviewed_from=f"{review_from}, {night} night(s)",
         )
+        run["shown_to_the_admin"] = shown
         yield run
 
 
@@ -214,6 +281,13 @@ def main() -> None:
         "--per-night more of each held-out intent among those the last model declined",
     )
     parser.add_argument("--per-night", type=int, default=3)
+    parser.add_argument(
+        "--review-from",
+        choices=("declined", "groups"),
+        default="declined",
+        help="with --nights: what an admin reaches, the declined rows, or also the look-alikes "
+        "that Candidate new intents lists under each group",
+    )
     parser.add_argument("--skip-coverage", action="store_true")
     args = parser.parse_args()
     examples = load_csv(args.data / "train.csv", label_col="category")
@@ -236,6 +310,7 @@ def main() -> None:
                 all_intents_pred,
                 args.per_night,
                 args.nights,
+                args.review_from,
             )
             if args.nights
             else (
@@ -272,7 +347,10 @@ def print_holdout(runs: list[dict]) -> None:
     for h in runs:
         k = h["reviewed_out_of_scope_per_intent"]
         loop = h["reviewed_from"]
-        source = f" among those declined, {loop.split(', ')[1]}" if loop != "all" else ""
+        reach = {"declined": "those declined", "groups": "those declined or look-alikes"}
+        source = (
+            f" among {reach[loop.split(', ')[0]]}, {loop.split(', ')[1]}" if loop != "all" else ""
+        )
         when = (
             f"{k} of each reviewed{source}, {h['reviewed_out_of_scope']} in all"
             if k
