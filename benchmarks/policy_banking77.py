@@ -240,9 +240,7 @@ def nightly_runs(
                 if e.text not in seen
             ]
         else:
-            pool, shown = reachable_rows(
-                examples, seed, Path(run["directory"]), reviewed, encoder
-            )
+            pool, shown = reachable_rows(examples, seed, Path(run["directory"]), reviewed, encoder)
         print(
             f"night {night}: {len(pool)} held-out rows not yet reviewed within reach "
             f"({review_from}) {json.dumps(shown)}",
