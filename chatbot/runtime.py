@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 EXAMPLE_NEIGHBOURS = 10
 MODEL_SPACE_KEPT = 2  # model-space copies of the index kept: the live model's and an incoming one
+EMBEDDINGS_KEPT = 20_000  # base-encoder vectors of review texts remembered (about 1.5 KB each)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ class Runtime:
         self.indexes = VersionStore(Path(data_dir) / "indexes")
         self.models = VersionStore(Path(data_dir) / "models")
         self._encoder = None
+        self._embeddings: OrderedDict[str, np.ndarray] = OrderedDict()  # text -> vector, LRU
+        self._embeddings_lock = threading.Lock()
         self._index: KnowledgeIndex | None = None
         self._classifier: IntentClassifier | None = None
         self._classifier_version: str | None = None
@@ -107,6 +111,26 @@ class Runtime:
                         self.base_model, int8=self.encoder_int8
                     )
             return self._encoder
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """The base encoder's vectors of `texts`, remembered by text (the last EMBEDDINGS_KEPT):
+        the review pages group the same customer messages at every visit, and encoding a few
+        thousand of them anew takes tens of seconds on a CPU."""
+        if not texts:
+            return np.zeros((0, self.encoder().dim), dtype=np.float32)
+        with self._embeddings_lock:
+            known = {t: self._embeddings[t] for t in texts if t in self._embeddings}
+            for text in known:
+                self._embeddings.move_to_end(text)
+        missing = list(dict.fromkeys(t for t in texts if t not in known))
+        if missing:
+            fresh = dict(zip(missing, self.encoder().encode(missing), strict=True))
+            known.update(fresh)
+            with self._embeddings_lock:
+                self._embeddings.update(fresh)
+                while len(self._embeddings) > EMBEDDINGS_KEPT:
+                    self._embeddings.popitem(last=False)
+        return np.stack([known[t] for t in texts])
 
     def index(self) -> KnowledgeIndex | None:
         """The live answer index, reloaded when a new version has been published."""

@@ -183,6 +183,18 @@ def _turn_context(status: str, earlier: list[tuple[str, str, list]]) -> TurnCont
 
 
 @dataclass(frozen=True)
+class LookAlike:
+    """A message the bot answered (or asked about) that looks like a group of declined ones:
+    it would have joined the group, had the bot declined it."""
+
+    message_id: int
+    text: str
+    intent: str  # what the bot took it for
+    decision: str
+    similarity: float  # mean cosine to the group's messages
+
+
+@dataclass(frozen=True)
 class CandidateIntent:
     """Customer messages that look alike and that no intent matched."""
 
@@ -190,6 +202,7 @@ class CandidateIntent:
     examples: list[str]  # closest to the group's centre first
     message_ids: list[int]
     out_of_scope: int = 0  # how many a reviewer already marked out of scope
+    look_alikes: list[LookAlike] = field(default_factory=list)  # most alike first
 
 
 def unmatched_messages(*, limit: int = 2000) -> list[Message]:
@@ -202,36 +215,59 @@ def unmatched_messages(*, limit: int = 2000) -> list[Message]:
     return list(declined.order_by("-created_at")[:limit])
 
 
+def answered_messages(*, limit: int = 1000) -> list[Message]:
+    """Customer messages not yet reviewed that the bot answered or asked about, newest first,
+    with the bot's reply."""
+    answered = Message.objects.filter(
+        role=Message.Role.CUSTOMER,
+        review="",
+        reply__decision__in=(Message.Decision.ANSWER, Message.Decision.CLARIFY),
+    ).select_related("reply__intent")
+    return list(answered.order_by("-created_at")[:limit])
+
+
 def candidate_intents(
-    *, min_size: int = 3, similarity: float = 0.5, shown: int = 5
+    *, min_size: int = 3, similarity: float = 0.5, shown: int = 5, look_alikes: int = 10
 ) -> list[CandidateIntent]:
     """Groups of unmatched messages, largest first: average-linkage clustering of their
-    sentence embeddings, cut where groups stop being at least `similarity` alike on average."""
+    sentence embeddings, cut where groups stop being at least `similarity` alike on average.
+    Under each, up to `look_alikes` answered messages that would have joined it by the same
+    rule: the bot's confident answers to a question it does not know are among them."""
     messages = unmatched_messages()
     if len(messages) < min_size:
         return []
-    import numpy as np
-    from sklearn.cluster import AgglomerativeClustering
+    from retrieval.groups import alike_groups
 
-    vectors = get_runtime().encoder().encode([m.text for m in messages])
-    labels = AgglomerativeClustering(
-        n_clusters=None, metric="cosine", linkage="average", distance_threshold=1 - similarity
-    ).fit_predict(vectors)
-    groups = []
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        if len(members) < min_size:
-            continue
-        centre = vectors[members].mean(axis=0)
-        order = members[np.argsort(-(vectors[members] @ centre))]
-        groups.append(
-            CandidateIntent(
-                size=len(members),
-                examples=[messages[i].text for i in order[:shown]],
-                message_ids=[messages[i].pk for i in order],
-                out_of_scope=sum(
-                    messages[i].review == Message.Review.OUT_OF_SCOPE for i in members
-                ),
-            )
+    answered = answered_messages()
+    vectors = get_runtime().embed([m.text for m in messages + answered])
+    groups = alike_groups(
+        vectors[: len(messages)],
+        vectors[len(messages) :],
+        min_size=min_size,
+        similarity=similarity,
+    )
+    return [
+        CandidateIntent(
+            size=len(group.members),
+            examples=[messages[i].text for i in group.members[:shown]],
+            message_ids=[messages[i].pk for i in group.members],
+            out_of_scope=sum(
+                messages[i].review == Message.Review.OUT_OF_SCOPE for i in group.members
+            ),
+            look_alikes=[
+                LookAlike(
+                    message_id=answered[i].pk,
+                    text=answered[i].text,
+                    intent=answered[i].reply.intent.name if answered[i].reply.intent else "",
+                    decision=answered[i].reply.decision,
+                    similarity=float(score),
+                )
+                for i, score in zip(
+                    group.look_alikes[:look_alikes],
+                    group.look_alike_similarity[:look_alikes],
+                    strict=True,
+                )
+            ],
         )
-    return sorted(groups, key=lambda g: -g.size)
+        for group in groups
+    ]

@@ -351,3 +351,89 @@ def test_a_verdict_that_undoes_an_example_takes_it_out_of_the_answer_index(
     assert words in indexed
     assert not IntentExample.objects.filter(text=words).exists()
     assert words not in {e.text for e in get_runtime().index().examples.entries.values()}
+
+
+def test_a_group_lists_the_alike_messages_the_bot_answered_and_takes_those_ticked(
+    admin_client: Client, intents
+) -> None:
+    # given: a question no intent covers, declined three times and answered twice with another
+    # intent's answer; and right answers that look nothing like it
+    conversation = Conversation.objects.create()
+    declined = [
+        "can i buy bitcoin with my account",
+        "do you support buying bitcoin",
+        "how do i purchase bitcoin in the app",
+    ]
+    for text in declined:
+        turn(conversation, text, intent=None, confidence=0.2, decision="out_of_scope")
+    wrong = turn(
+        conversation,
+        "I want to buy some bitcoin please",
+        intent=intents["card_lost"],
+        confidence=0.8,
+    )
+    asked = turn(
+        conversation,
+        "where can I buy bitcoin",
+        intent=intents["refund_request"],
+        confidence=0.5,
+        decision="clarify",
+    )
+    right = [
+        turn(conversation, "my card is gone", intent=intents["card_lost"], confidence=0.9),
+        turn(conversation, "when do you open", intent=intents["opening_hours"], confidence=0.9),
+    ]
+
+    # when
+    [group] = selectors.candidate_intents()
+
+    # then: the two that would have joined the group are listed under it, most alike first,
+    # with what the bot took them for; the right answers are not
+    assert group.size == 3
+    assert {(a.message_id, a.intent, a.decision) for a in group.look_alikes} == {
+        (wrong.pk, "card_lost", "answer"),
+        (asked.pk, "refund_request", "clarify"),
+    }
+    assert all(a.similarity >= 0.5 for a in group.look_alikes)
+    assert [a.similarity for a in group.look_alikes] == sorted(
+        (a.similarity for a in group.look_alikes), reverse=True
+    )
+    page = admin_client.get(reverse("admin:chatbot_reviewitem_candidates")).content.decode()
+    assert "The bot answered these alike messages" in page
+    assert f'name="message" value="{wrong.pk}"' in page
+    assert "answered as\n            card_lost" in page
+    assert "asked about\n            refund_request" in page
+    assert "my card is gone" not in page
+
+    # when: the admin ticks only the first and marks the group out of scope
+    admin_client.post(
+        reverse("admin:chatbot_reviewitem_candidates"),
+        {"message": [*group.message_ids, wrong.pk], "verdict": "out_of_scope"},
+    )
+
+    # then: the group and the ticked message are reviewed out of scope; the unticked one and
+    # the right answers are not reviewed; the ticked one is now one of the group's
+    reviewed = set(Message.objects.filter(review="out_of_scope").values_list("pk", flat=True))
+    assert reviewed == {*group.message_ids, wrong.pk}
+    assert (
+        not Message.objects.filter(pk__in=[asked.pk, *(m.pk for m in right)])
+        .exclude(review="")
+        .exists()
+    )
+    [after] = selectors.candidate_intents()
+    assert (after.size, after.out_of_scope) == (4, 4)
+    assert [a.message_id for a in after.look_alikes] == [asked.pk]
+    page = admin_client.get(reverse("admin:chatbot_reviewitem_candidates")).content.decode()
+    assert "Mark these out of scope" in page  # the one left to tick
+
+    # when: the admin creates an intent from the group with the last look-alike ticked
+    admin_client.post(
+        reverse("admin:chatbot_reviewitem_candidates"),
+        {"message": [*after.message_ids, asked.pk], "new_intent": "buy crypto"},
+    )
+
+    # then: it becomes one of the new intent's examples with the group
+    examples = IntentExample.objects.filter(intent__name="buy_crypto").values_list(
+        "text", flat=True
+    )
+    assert "where can I buy bitcoin" in set(examples)
