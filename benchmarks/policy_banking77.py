@@ -24,10 +24,10 @@ of each held-out intent are reviewed out of scope, drawn only from those the las
 fewer when it declined fewer), and a model is trained on all reviewed so far.
 With --review-from groups, the rows an admin can reach also take in the look-alikes that
 "Candidate new intents" lists under each group (retrieval.groups: messages the bot answered or
-clarified that would have joined a group of declined ones), which the admin ticks when the bot
-got them wrong. The traffic grouped is the held-out intents' train.csv rows and the in-scope
-validation split (the model never trained on either); each night prints how many look-alikes
-of each kind an admin was shown.
+clarified that would have joined a group of declined ones, the 10 most alike of each group as
+the page shows them), which the admin ticks when the bot got them wrong. The traffic grouped
+is the held-out intents' train.csv rows and the in-scope validation split (the model never
+trained on either); each night prints how many look-alikes of each kind an admin was shown.
 --skip-coverage leaves (1) out (and the all-77 model's accuracy with it).
 """
 
@@ -171,7 +171,7 @@ def reachable_rows(examples, seed: int, directory: Path, reviewed: list, encoder
     """The held-out intents' rows an admin reaches from the review queue and "Candidate new
     intents": those the model in `directory` declines, and those it answers or clarifies that
     are listed as a group's look-alikes; and what the admin was shown."""
-    from retrieval.groups import alike_groups
+    from retrieval.groups import LOOK_ALIKES_SHOWN, alike_groups
 
     held_out = held_out_intents(examples, seed)
     known = [e for e in examples if e.label not in held_out]
@@ -193,11 +193,14 @@ def reachable_rows(examples, seed: int, directory: Path, reviewed: list, encoder
     ]
     vectors = encoder.encode([e.text for e in unmatched + answered])
     groups = alike_groups(vectors[: len(unmatched)], vectors[len(unmatched) :])
-    look_alikes = [answered[i] for g in groups for i in g.look_alikes]
+    # As the page lists them: the most alike of each group (the next ones once these are
+    # reviewed, the next night).
+    look_alikes = [answered[i] for g in groups for i in g.look_alikes[:LOOK_ALIKES_SHOWN]]
     declined = [e for e in unmatched if e.label in held_out and e.text not in marked]
     shown = {
         "groups": len(groups),
         "grouped": sum(len(g.members) for g in groups),
+        "look_alikes_found": sum(len(g.look_alikes) for g in groups),
         "look_alikes_held_out": sum(e.label in held_out for e in look_alikes),
         "look_alikes_in_scope": sum(e.label not in held_out for e in look_alikes),
         "held_out_answered_or_clarified": sum(e.label in held_out for e in answered),

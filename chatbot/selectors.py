@@ -13,6 +13,7 @@ from django.db.models import OuterRef, Q, Subquery
 
 from chatbot.models import Conversation, Message, ModelVersion
 from chatbot.runtime import get_runtime
+from retrieval.groups import LOOK_ALIKES_SHOWN, alike_groups
 
 
 def conversation_history(*, conversation: Conversation, limit: int | None = None) -> list[Message]:
@@ -227,7 +228,11 @@ def answered_messages(*, limit: int = 1000) -> list[Message]:
 
 
 def candidate_intents(
-    *, min_size: int = 3, similarity: float = 0.5, shown: int = 5, look_alikes: int = 10
+    *,
+    min_size: int = 3,
+    similarity: float = 0.5,
+    shown: int = 5,
+    look_alikes: int = LOOK_ALIKES_SHOWN,
 ) -> list[CandidateIntent]:
     """Groups of unmatched messages, largest first: average-linkage clustering of their
     sentence embeddings, cut where groups stop being at least `similarity` alike on average.
@@ -236,8 +241,6 @@ def candidate_intents(
     messages = unmatched_messages()
     if len(messages) < min_size:
         return []
-    from retrieval.groups import alike_groups
-
     answered = answered_messages()
     vectors = get_runtime().embed([m.text for m in messages + answered])
     groups = alike_groups(

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+LOOK_ALIKES_SHOWN = 10  # under each group, the most alike first
+
 
 @dataclass(frozen=True)
 class Group:
