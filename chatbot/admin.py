@@ -340,8 +340,11 @@ class ConversationAdmin(ExtraViews, DistinctSearchMixin, admin.ModelAdmin):
 
     def _send_reply(self, request: HttpRequest, conversation: Conversation) -> None:
         try:
+            template = request.POST.get("staff_reply_template", "")
             services.staff_reply_send(
-                conversation=conversation, text=request.POST.get("staff_reply", "")
+                conversation=conversation,
+                text=request.POST.get("staff_reply", ""),
+                template_id=int(template) if template.isdigit() else None,
             )
         except ValueError as error:
             self.message_user(request, str(error), messages.ERROR)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
 import time
 from collections import deque
@@ -690,9 +691,31 @@ def staff_reply_suggestions(
     )
 
 
+# How much of a suggested answer a reply must keep (difflib's ratio) to be recorded as written
+# from it: an edited name or order number keeps it, a reply written over it does not.
+KEPT_OF_A_SUGGESTION = 0.6
+
+
+def suggestion_kept(template_id: int | None, text: str) -> AnswerTemplate | None:
+    """The suggested answer a staff reply was written from ("Use"), when the reply still keeps
+    most of it."""
+    if not template_id:
+        return None
+    template = AnswerTemplate.objects.select_related("intent").filter(pk=template_id).first()
+    if template is None:  # deleted since the page was drawn
+        return None
+    kept = difflib.SequenceMatcher(None, template.text, text, autojunk=False).ratio()
+    return template if kept >= KEPT_OF_A_SUGGESTION else None
+
+
 @transaction.atomic
-def staff_reply_send(*, conversation: Conversation, text: str) -> Message:
-    """A person on the support team writes to the customer; it reaches the open widget live."""
+def staff_reply_send(
+    *, conversation: Conversation, text: str, template_id: int | None = None
+) -> Message:
+    """A person on the support team writes to the customer; it reaches the open widget live.
+
+    `template_id`: the suggested answer the person started from; the reply records it, and its
+    intent, when it keeps most of its text (what the team took the customer to be asking)."""
     text = text.strip()
     if not text:
         raise ValueError("The reply is empty.")
@@ -700,7 +723,14 @@ def staff_reply_send(*, conversation: Conversation, text: str) -> Message:
     if status.get(pk=conversation.pk) == Conversation.Status.CLOSED:
         # Its widget has moved on to a new conversation: the reply would reach no one.
         raise ValueError("The conversation is closed; the customer would not see the reply.")
-    message = Message.objects.create(conversation=conversation, role=Message.Role.AGENT, text=text)
+    template = suggestion_kept(template_id, text)
+    message = Message.objects.create(
+        conversation=conversation,
+        role=Message.Role.AGENT,
+        text=text,
+        template=template,
+        intent=template.intent if template else None,
+    )
     Conversation.objects.filter(pk=conversation.pk).update(
         status=Conversation.Status.NEEDS_HUMAN, last_activity_at=timezone.now()
     )

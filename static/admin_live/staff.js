@@ -126,17 +126,21 @@
     });
     // Writing a reply: the customer's widget (and the team's other pages of it) show it.
     const reply = document.getElementById("id_staff_reply");
+    const startedFrom = document.getElementById("id_staff_reply_template");
     let sentAt = 0;
     if (reply) {
-      // "Use" a suggested answer: into the box, to edit (and send) from there.
+      // "Use" a suggested answer: into the box, to edit (and send) from there. The reply records
+      // which one it started from (the server keeps it only if the reply keeps most of it).
       document.querySelectorAll("[data-suggested-reply]").forEach(function (button) {
         button.addEventListener("click", function () {
           reply.value = button.dataset.suggestedReply;
+          if (startedFrom) startedFrom.value = button.dataset.template || "";
           reply.focus();
           reply.dispatchEvent(new Event("input"));
         });
       });
       reply.addEventListener("input", function () {
+        if (!reply.value.trim() && startedFrom) startedFrom.value = "";
         const now = Date.now();
         if (!reply.value.trim() || now - sentAt < TYPING_EVERY_MS) return;
         if (send({ type: "typing" })) sentAt = now;

@@ -371,14 +371,29 @@ def test_the_reply_box_suggests_the_bots_answers_to_what_the_customer_asked(
     # then: the reply box offers the bot's answer to the question first, never "a person"
     suggested = re.findall(
         r'<li data-intent="([^"]+)">\s*<button type="button" class="button" '
-        r'data-suggested-reply="([^"]*)">Use</button>',
+        r'data-suggested-reply="([^"]*)" data-template="(\d+)">Use</button>',
         page,
     )
-    intents = [intent for intent, _ in suggested]
+    intents = [intent for intent, _, _ in suggested]
     assert 1 <= len(intents) <= 3 and len(set(intents)) == len(intents)
     assert intents[0] == "order_status" and "talk_to_human" not in intents
-    templates = AnswerTemplate.objects.filter(intent__name="order_status")
-    assert html.unescape(suggested[0][1]) in set(templates.values_list("text", flat=True))
+    first = AnswerTemplate.objects.get(pk=suggested[0][2])
+    assert (first.intent.name, first.text) == ("order_status", html.unescape(suggested[0][1]))
+
+    # when: the admin sends it with the order number filled in, then a reply of their own
+    # written over another suggestion
+    reply = reverse("admin:chatbot_conversation_reply", args=[waiting.pk])
+    filled = first.text.replace("order", "order NW-123456", 1)
+    admin_client.post(reply, {"staff_reply": filled, "staff_reply_template": first.pk})
+    other = AnswerTemplate.objects.get(pk=suggested[-1][2])
+    admin_client.post(reply, {"staff_reply": "Sam here: on it!", "staff_reply_template": other.pk})
+
+    # then: the first records the answer it was written from, and so its intent; not the second
+    sent = Message.objects.filter(conversation=waiting, role="agent").order_by("-pk")[:2]
+    assert [(m.text, m.template, m.intent) for m in reversed(sent)] == [
+        (filled, first, first.intent),
+        ("Sam here: on it!", None, None),
+    ]
 
     # ... but not to someone who may only view it, nor on a closed conversation
     viewer = User.objects.create_user("viewer", password="pass-for-tests-1", is_staff=True)

@@ -305,8 +305,10 @@ def test_the_team_hears_of_a_hand_off_and_sees_the_customer_write_live(
         # when: the admin starts a reply with one of the answers the bot suggests
         use = admin.locator("#suggested-replies [data-suggested-reply]").first
         suggestion = use.get_attribute("data-suggested-reply")
+        template = use.get_attribute("data-template")
         use.click()
         expect(admin.locator("#id_staff_reply")).to_have_value(suggestion)
+        expect(admin.locator("#id_staff_reply_template")).to_have_value(template)
 
         # then: the customer sees the team writing (the dots, said as such to a screen reader)
         dots = page.get_by_test_id("chat-typing")
@@ -322,10 +324,15 @@ def test_the_team_hears_of_a_hand_off_and_sees_the_customer_write_live(
         expect(queue.locator("[data-live-waiting] li")).to_have_text(
             "A customer wrote while waiting for the team: “Hello?”", timeout=REPLY_TIMEOUT_MS
         )
-        admin.fill("#id_staff_reply", "Hi, Alex here.")
+        signed = f"{suggestion} Alex, from the team."
+        admin.fill("#id_staff_reply", signed)
         admin.click("input[value='Send reply']")
-        expect(bubbles(page, "agent")).to_have_text("Hi, Alex here.")
+        expect(bubbles(page, "agent")).to_have_text(signed)
         expect(dots).to_be_hidden()
+
+        # ... and the reply records the suggested answer it was written from
+        sent = Message.objects.get(role="agent", text=signed)
+        assert sent.template_id == int(template)
 
         # then: the other tab drops the notice, since the customer no longer waits
         expect(queue.locator("[data-live-waiting] li")).to_have_count(0)
