@@ -196,14 +196,24 @@ class LookAlike:
 
 
 @dataclass(frozen=True)
+class Member:
+    message_id: int
+    text: str
+
+
+@dataclass(frozen=True)
 class CandidateIntent:
     """Customer messages that look alike and that no intent matched."""
 
     size: int
     examples: list[str]  # closest to the group's centre first
-    message_ids: list[int]
+    members: list[Member]  # all of them, in the same order
     out_of_scope: int = 0  # how many a reviewer already marked out of scope
     look_alikes: list[LookAlike] = field(default_factory=list)  # most alike first
+
+    @property
+    def message_ids(self) -> list[int]:
+        return [m.message_id for m in self.members]
 
 
 def unmatched_messages(*, limit: int = 2000) -> list[Message]:
@@ -253,7 +263,7 @@ def candidate_intents(
         CandidateIntent(
             size=len(group.members),
             examples=[messages[i].text for i in group.members[:shown]],
-            message_ids=[messages[i].pk for i in group.members],
+            members=[Member(messages[i].pk, messages[i].text) for i in group.members],
             out_of_scope=sum(
                 messages[i].review == Message.Review.OUT_OF_SCOPE for i in group.members
             ),

@@ -400,28 +400,29 @@ def test_a_group_lists_the_alike_messages_the_bot_answered_and_takes_those_ticke
     )
     page = admin_client.get(reverse("admin:chatbot_reviewitem_candidates")).content.decode()
     assert "The bot answered these alike messages" in page
-    assert f'name="message" value="{wrong.pk}"' in page
+    assert f'name="message" value="{wrong.pk}">' in page  # unticked
+    for member in group.members:  # the group's own messages: ticked, each may be unticked
+        assert f'name="message" value="{member.message_id}" checked> {member.text}' in page
     assert "answered as\n            card_lost" in page
     assert "asked about\n            refund_request" in page
     assert "my card is gone" not in page
 
-    # when: the admin ticks only the first and marks the group out of scope
+    # when: the admin ticks only the first look-alike, unticks one of the group's messages, and
+    # marks the group out of scope
+    kept, unticked = group.message_ids[:2], group.message_ids[2]
     admin_client.post(
         reverse("admin:chatbot_reviewitem_candidates"),
-        {"message": [*group.message_ids, wrong.pk], "verdict": "out_of_scope"},
+        {"message": [*kept, wrong.pk], "verdict": "out_of_scope"},
     )
 
-    # then: the group and the ticked message are reviewed out of scope; the unticked one and
-    # the right answers are not reviewed; the ticked one is now one of the group's
+    # then: what was ticked is reviewed out of scope; the unticked ones and the right answers
+    # are not reviewed; the ticked look-alike is now one of the group's
     reviewed = set(Message.objects.filter(review="out_of_scope").values_list("pk", flat=True))
-    assert reviewed == {*group.message_ids, wrong.pk}
-    assert (
-        not Message.objects.filter(pk__in=[asked.pk, *(m.pk for m in right)])
-        .exclude(review="")
-        .exists()
-    )
+    assert reviewed == {*kept, wrong.pk}
+    untouched = [unticked, asked.pk, *(m.pk for m in right)]
+    assert not Message.objects.filter(pk__in=untouched).exclude(review="").exists()
     [after] = selectors.candidate_intents()
-    assert (after.size, after.out_of_scope) == (4, 4)
+    assert (after.size, after.out_of_scope) == (4, 3)
     assert [a.message_id for a in after.look_alikes] == [asked.pk]
     page = admin_client.get(reverse("admin:chatbot_reviewitem_candidates")).content.decode()
     assert "Mark these out of scope" in page  # the one left to tick
