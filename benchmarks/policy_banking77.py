@@ -28,6 +28,9 @@ clarified that would have joined a group of declined ones, the 10 most alike of 
 the page shows them), which the admin ticks when the bot got them wrong. The traffic grouped
 is the held-out intents' train.csv rows and the in-scope validation split (the model never
 trained on either); each night prints how many look-alikes of each kind an admin was shown.
+With --review-from whole-groups, no --per-night limit: each night the admin handles whole every
+group most of whose messages are of held-out intents: marks its held-out messages out of scope
+(unticking the others) and ticks the held-out look-alikes listed under it.
 --skip-coverage leaves (1) out (and the all-77 model's accuracy with it).
 """
 
@@ -167,10 +170,13 @@ def declined_rows(examples, seed: int, directory: Path):
     return [e for e, d in zip(rows, decisions, strict=True) if d.decision == OUT_OF_SCOPE]
 
 
-def reachable_rows(examples, seed: int, directory: Path, reviewed: list, encoder) -> tuple:
+def reachable_rows(
+    examples, seed: int, directory: Path, reviewed: list, encoder, whole_groups: bool = False
+) -> tuple:
     """The held-out intents' rows an admin reaches from the review queue and "Candidate new
     intents": those the model in `directory` declines, and those it answers or clarifies that
-    are listed as a group's look-alikes; and what the admin was shown."""
+    are listed as a group's look-alikes; and what the admin was shown. With `whole_groups`,
+    instead: the rows the admin marks by handling each group of a held-out topic whole."""
     from retrieval.groups import LOOK_ALIKES_SHOWN, alike_groups
 
     held_out = held_out_intents(examples, seed)
@@ -205,7 +211,24 @@ def reachable_rows(examples, seed: int, directory: Path, reviewed: list, encoder
         "look_alikes_in_scope": sum(e.label not in held_out for e in look_alikes),
         "held_out_answered_or_clarified": sum(e.label in held_out for e in answered),
     }
-    return declined + [e for e in look_alikes if e.label in held_out], shown
+    if not whole_groups:
+        return declined + [e for e in look_alikes if e.label in held_out], shown
+    # The admin marks out of scope each group whose messages are mostly of a held-out intent:
+    # its held-out messages (unticking the others) and the held-out look-alikes listed.
+    marking = []
+    for g in groups:
+        members = [unmatched[i] for i in g.members]
+        if 2 * sum(e.label in held_out for e in members) <= len(members):
+            continue
+        listed = [answered[i] for i in g.look_alikes[:LOOK_ALIKES_SHOWN]]
+        marking.append((members, listed))
+    rows = [e for m, a in marking for e in m + a if e.label in held_out and e.text not in marked]
+    shown |= {
+        "groups_marked": len(marking),
+        "in_scope_members_unticked": sum(e.label not in held_out for m, _ in marking for e in m),
+        "in_scope_look_alikes_left": sum(e.label not in held_out for _, a in marking for e in a),
+    }
+    return rows, shown
 
 
 def nightly_runs(
@@ -221,12 +244,14 @@ def nightly_runs(
     """The loop as a company runs it: the zero-shot model, then each night `per_night` more of
     each held-out intent's rows reviewed out of scope, drawn from those the last model
     declined (the candidate groups an admin marks), or with `review_from="groups"` also from
-    the groups' look-alikes; and a model trained on all reviewed so far."""
+    the groups' look-alikes; with "whole-groups", every group of a held-out topic is marked
+    whole each night, and its look-alikes listed (no `per_night` limit); and a model trained on
+    all reviewed so far."""
     held_out = held_out_intents(examples, seed)
     pick = random.Random(seed + 1)
     reviewed: list = []
     encoder = None
-    if review_from == "groups":
+    if review_from in ("groups", "whole-groups"):
         from retrieval.encoder import SentenceEncoder
         from training.train import default_base_model
 
@@ -243,20 +268,30 @@ def nightly_runs(
                 if e.text not in seen
             ]
         else:
-            pool, shown = reachable_rows(examples, seed, Path(run["directory"]), reviewed, encoder)
+            pool, shown = reachable_rows(
+                examples,
+                seed,
+                Path(run["directory"]),
+                reviewed,
+                encoder,
+                whole_groups=review_from == "whole-groups",
+            )
         print(
             f"night {night}: {len(pool)} held-out rows not yet reviewed within reach "
             f"({review_from}) {json.dumps(shown)}",
             flush=True,
         )
-        reviewed += reviewed_rows(pool, held_out, per_night, pick)
+        if review_from == "whole-groups":
+            reviewed += pool
+        else:
+            reviewed += reviewed_rows(pool, held_out, per_night, pick)
         run = holdout_run(
             examples,
             test,
             workdir,
             seed,
             all_intents_pred,
-            per_night * night,
+            0 if review_from == "whole-groups" else per_night * night,
             [e.text for e in reviewed],
             reviewed_from=f"{review_from}, {night} night(s)",
         )
@@ -284,10 +319,11 @@ def main() -> None:
     parser.add_argument("--per-night", type=int, default=3)
     parser.add_argument(
         "--review-from",
-        choices=("declined", "groups"),
+        choices=("declined", "groups", "whole-groups"),
         default="declined",
         help="with --nights: what an admin reaches, the declined rows, or also the look-alikes "
-        "that Candidate new intents lists under each group",
+        "that Candidate new intents lists under each group; whole-groups: the admin marks each "
+        "group of a held-out topic whole, with its listed look-alikes (no --per-night limit)",
     )
     parser.add_argument("--skip-coverage", action="store_true")
     args = parser.parse_args()
@@ -348,15 +384,17 @@ def print_holdout(runs: list[dict]) -> None:
     for h in runs:
         k = h["reviewed_out_of_scope_per_intent"]
         loop = h["reviewed_from"]
-        reach = {"declined": "those declined", "groups": "those declined or look-alikes"}
+        reach = {
+            "declined": "those declined",
+            "groups": "those declined or look-alikes",
+            "whole-groups": "whole groups and their look-alikes",
+        }
         source = (
             f" among {reach[loop.split(', ')[0]]}, {loop.split(', ')[1]}" if loop != "all" else ""
         )
-        when = (
-            f"{k} of each reviewed{source}, {h['reviewed_out_of_scope']} in all"
-            if k
-            else "none reviewed"
-        )
+        n = h["reviewed_out_of_scope"]
+        each = f"{k} of each " if k else ""
+        when = f"{each}reviewed{source}, {n} in all" if n else "none reviewed"
         print(f"| out-of-scope recall, 10 held-out intents ({when}) | {h['oos_recall']:.2%} |")
         print(f"| out-of-scope precision ({when}) | {h['oos_precision']:.2%} |")
         print(
