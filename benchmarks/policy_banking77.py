@@ -211,6 +211,7 @@ def reachable_rows(
         "look_alikes_in_scope": sum(e.label not in held_out for e in look_alikes),
         "held_out_answered_or_clarified": sum(e.label in held_out for e in answered),
     }
+    shown["look_alike_texts"] = {e.text for e in look_alikes}  # counted, then dropped
     if not whole_groups:
         return declined + [e for e in look_alikes if e.label in held_out], shown
     # The admin marks out of scope each group whose messages are mostly of a held-out intent:
@@ -276,15 +277,19 @@ def nightly_runs(
                 encoder,
                 whole_groups=review_from == "whole-groups",
             )
+        look_alike_texts = shown.pop("look_alike_texts", set())
         print(
             f"night {night}: {len(pool)} held-out rows not yet reviewed within reach "
             f"({review_from}) {json.dumps(shown)}",
             flush=True,
         )
         if review_from == "whole-groups":
-            reviewed += pool
+            tonight = pool
         else:
-            reviewed += reviewed_rows(pool, held_out, per_night, pick)
+            tonight = reviewed_rows(pool, held_out, per_night, pick)
+        if look_alike_texts:
+            shown["look_alikes_reviewed"] = sum(e.text in look_alike_texts for e in tonight)
+        reviewed += tonight
         run = holdout_run(
             examples,
             test,
