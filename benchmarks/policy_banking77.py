@@ -175,7 +175,8 @@ def reachable_rows(
 ) -> tuple:
     """The held-out intents' rows an admin reaches from the review queue and "Candidate new
     intents": those the model in `directory` declines, and those it answers or clarifies that
-    are listed as a group's look-alikes; and what the admin was shown. With `whole_groups`,
+    are listed as a group's look-alikes; what the admin was shown (counts), and the texts of
+    the look-alikes listed. With `whole_groups`,
     instead: the rows the admin marks by handling each group of a held-out topic whole."""
     from retrieval.groups import LOOK_ALIKES_SHOWN, alike_groups
 
@@ -211,9 +212,9 @@ def reachable_rows(
         "look_alikes_in_scope": sum(e.label not in held_out for e in look_alikes),
         "held_out_answered_or_clarified": sum(e.label in held_out for e in answered),
     }
-    shown["look_alike_texts"] = {e.text for e in look_alikes}  # counted, then dropped
+    listed = {e.text for e in look_alikes}
     if not whole_groups:
-        return declined + [e for e in look_alikes if e.label in held_out], shown
+        return declined + [e for e in look_alikes if e.label in held_out], shown, listed
     # The admin marks out of scope each group whose messages are mostly of a held-out intent:
     # its held-out messages (unticking the others) and the held-out look-alikes listed.
     marking = []
@@ -221,15 +222,15 @@ def reachable_rows(
         members = [unmatched[i] for i in g.members]
         if 2 * sum(e.label in held_out for e in members) <= len(members):
             continue
-        listed = [answered[i] for i in g.look_alikes[:LOOK_ALIKES_SHOWN]]
-        marking.append((members, listed))
+        under = [answered[i] for i in g.look_alikes[:LOOK_ALIKES_SHOWN]]
+        marking.append((members, under))
     rows = [e for m, a in marking for e in m + a if e.label in held_out and e.text not in marked]
     shown |= {
         "groups_marked": len(marking),
         "in_scope_members_unticked": sum(e.label not in held_out for m, _ in marking for e in m),
         "in_scope_look_alikes_left": sum(e.label not in held_out for _, a in marking for e in a),
     }
-    return rows, shown
+    return rows, shown, listed
 
 
 def nightly_runs(
@@ -261,7 +262,7 @@ def nightly_runs(
     yield run
     for night in range(1, nights + 1):
         seen = {e.text for e in reviewed}
-        shown = {}
+        shown, look_alike_texts = {}, set()
         if encoder is None:
             pool = [
                 e
@@ -269,7 +270,7 @@ def nightly_runs(
                 if e.text not in seen
             ]
         else:
-            pool, shown = reachable_rows(
+            pool, shown, look_alike_texts = reachable_rows(
                 examples,
                 seed,
                 Path(run["directory"]),
@@ -277,7 +278,6 @@ def nightly_runs(
                 encoder,
                 whole_groups=review_from == "whole-groups",
             )
-        look_alike_texts = shown.pop("look_alike_texts", set())
         print(
             f"night {night}: {len(pool)} held-out rows not yet reviewed within reach "
             f"({review_from}) {json.dumps(shown)}",
