@@ -1,13 +1,16 @@
 """What "Candidate new intents" costs an admin: grouping the declined messages and finding the
 answered look-alikes, on a first visit (every text encoded) and on the next ones (the serving
-process remembers the vectors, `Runtime.embed`; only new messages are encoded).
+process remembers the vectors, `Runtime.embed`; only new messages are encoded); then after a
+restart, once the server has encoded them ahead (`Runtime.embed_ahead`), and what that pass
+costs a customer's message meanwhile.
 
     .venv/bin/python benchmarks/candidates_page.py [--declined 2000] [--answered 1000]
-        [--new 50] [--data ../shared/data/banking77]
+        [--new 50] [--chunks 4] [--data ../shared/data/banking77]
 
 Stores BANKING77 train.csv rows as customer messages in a throwaway SQLite database (the page's
 limits: 2,000 declined, 1,000 answered), then times `selectors.candidate_intents()`: the first
-visit, a second, and one after --new more declined messages arrive. Prints seconds per visit.
+visit, a second, one after --new more declined messages arrive, and the first after a restart.
+Prints seconds per visit, and milliseconds per message during the pass ahead and alone.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import csv
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -31,6 +35,12 @@ def main() -> None:
     parser.add_argument("--declined", type=int, default=2000)
     parser.add_argument("--answered", type=int, default=1000)
     parser.add_argument("--new", type=int, default=50)
+    parser.add_argument(
+        "--chunks",
+        type=lambda v: [int(c) for c in v.split(",")],
+        default=[4],
+        help="texts encoded ahead per turn on the batch thread, one restart each (1,2,4)",
+    )
     args = parser.parse_args()
     with open(args.data / "train.csv", newline="") as f:
         texts = [row["text"] for row in csv.DictReader(f)]
@@ -89,6 +99,35 @@ def main() -> None:
     visit("second visit (nothing new)")
     store(new, "out_of_scope")
     visit(f"after {len(new)} new declined messages")
+
+    # A restart: a new process's runtime, which encodes the page's texts ahead as a server does
+    # when it starts (CHATBOT_EMBED_REVIEW_AHEAD), while a message arrives every 0.2 s; once per
+    # chunk size.
+    for chunk in args.chunks:
+        get_runtime.cache_clear()
+        runtime = get_runtime()
+        runtime.encoder()
+
+        def one_message(runtime=runtime) -> float:
+            asked = time.perf_counter()
+            runtime.batcher.run_on_worker(runtime.analyse_batch, ["where is my card"]).result()
+            return (time.perf_counter() - asked) * 1000
+
+        started = time.perf_counter()
+        ahead = selectors.embed_candidates_ahead(chunk=chunk)
+        during = []
+        while ahead.is_alive():
+            during.append(one_message())
+            time.sleep(0.2)
+        took = time.perf_counter() - started
+        alone = [one_message() for _ in range(20)]
+        print(
+            f"after a restart, {chunk} texts a chunk: encoded ahead in {took:.2f} s; a message "
+            f"meanwhile took {statistics.median(during or [0]):.1f} ms median, "
+            f"{max(during or [0]):.1f} ms at most ({len(during)} messages), alone "
+            f"{statistics.median(alone):.1f} ms median"
+        )
+    visit("first visit after a restart, once encoded ahead")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -41,6 +42,7 @@ logger = logging.getLogger(__name__)
 EXAMPLE_NEIGHBOURS = 10
 MODEL_SPACE_KEPT = 2  # model-space copies of the index kept: the live model's and an incoming one
 EMBEDDINGS_KEPT = 20_000  # base-encoder vectors of review texts remembered (about 1.5 KB each)
+EMBED_AHEAD_CHUNK = 4  # texts encoded ahead per turn on the batch thread (about 10 ms on a CPU)
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,9 @@ class Runtime:
         self._encoder = None
         self._embeddings: OrderedDict[str, np.ndarray] = OrderedDict()  # text -> vector, LRU
         self._embeddings_lock = threading.Lock()
+        # One encoding of review texts at a time: a page and the ahead-of-time pass share a
+        # tokenizer, and two passes side by side would only split the same cores.
+        self._encode_lock = threading.Lock()
         self._index: KnowledgeIndex | None = None
         self._classifier: IntentClassifier | None = None
         self._classifier_version: str | None = None
@@ -124,13 +129,52 @@ class Runtime:
                 self._embeddings.move_to_end(text)
         missing = list(dict.fromkeys(t for t in texts if t not in known))
         if missing:
-            fresh = dict(zip(missing, self.encoder().encode(missing), strict=True))
+            with self._encode_lock:
+                with self._embeddings_lock:  # encoded meanwhile, by the pass ahead
+                    known.update({t: self._embeddings[t] for t in missing if t in self._embeddings})
+                missing = [t for t in missing if t not in known]
+                fresh = dict(zip(missing, self.encoder().encode(missing), strict=True))
             known.update(fresh)
             with self._embeddings_lock:
                 self._embeddings.update(fresh)
                 while len(self._embeddings) > EMBEDDINGS_KEPT:
                     self._embeddings.popitem(last=False)
         return np.stack([known[t] for t in texts])
+
+    def embed_ahead(
+        self, texts: Callable[[], Sequence[str]], *, chunk: int = EMBED_AHEAD_CHUNK
+    ) -> threading.Thread:
+        """Remember the base encoder's vectors of `texts()` before a page asks for them.
+
+        After a restart, the first visit to "Candidate new intents" would otherwise encode a few
+        thousand messages while the admin waits (10 s to 30 s on a CPU). This runs once the
+        models are loaded, `chunk` texts at a time on the batch thread, each chunk queued behind
+        the batches already waiting: a customer's message waits for one chunk at most.
+        """
+
+        def run() -> None:
+            if (warm_up_pass := self._warm_up_pass) is not None:
+                futures_wait([warm_up_pass])
+            started = time.perf_counter()
+            try:
+                wanted = list(dict.fromkeys(texts()))
+                for start in range(0, len(wanted), chunk):
+                    if self._closed.is_set():
+                        return
+                    self.batcher.run_on_worker(self.embed, wanted[start : start + chunk]).result()
+            except Exception:
+                logger.exception("Encoding the review texts ahead failed")
+                return
+            if wanted:
+                logger.info(
+                    "Encoded %d review texts ahead in %.1f s",
+                    len(wanted),
+                    time.perf_counter() - started,
+                )
+
+        thread = threading.Thread(target=run, name="embed-ahead", daemon=True)
+        thread.start()
+        return thread
 
     def index(self) -> KnowledgeIndex | None:
         """The live answer index, reloaded when a new version has been published."""

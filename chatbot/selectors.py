@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 from django.db.models import OuterRef, Q, Subquery
 
 from chatbot.models import Conversation, Message, ModelVersion
-from chatbot.runtime import get_runtime
+from chatbot.runtime import EMBED_AHEAD_CHUNK, get_runtime
 from retrieval.groups import LOOK_ALIKES_SHOWN, alike_groups
 
 
@@ -237,6 +238,24 @@ def answered_messages(*, limit: int = 1000) -> list[Message]:
     return list(answered.order_by("-created_at")[:limit])
 
 
+def candidate_texts() -> list[str]:
+    """The texts "Candidate new intents" encodes: the unmatched messages, then the answered."""
+    return [m.text for m in unmatched_messages()] + [m.text for m in answered_messages()]
+
+
+def embed_candidates_ahead(*, chunk: int = EMBED_AHEAD_CHUNK) -> threading.Thread:
+    """Encode what "Candidate new intents" groups before an admin opens it (a serving process
+    starting); the page then encodes only what arrived since."""
+
+    def texts() -> list[str]:
+        try:
+            return candidate_texts()
+        finally:
+            connections.close_all()  # this thread's own connection, which nothing else closes
+
+    return get_runtime().embed_ahead(texts, chunk=chunk)
+
+
 def candidate_intents(
     *,
     min_size: int = 3,
@@ -252,7 +271,7 @@ def candidate_intents(
     if len(messages) < min_size:
         return []
     answered = answered_messages()
-    vectors = get_runtime().embed([m.text for m in messages + answered])
+    vectors = get_runtime().embed([m.text for m in messages + answered])  # as candidate_texts
     groups = alike_groups(
         vectors[: len(messages)],
         vectors[len(messages) :],

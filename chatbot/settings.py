@@ -258,6 +258,11 @@ CHATBOT_STORE_BATCH_WAIT_MS = float(env("CHATBOT_STORE_BATCH_WAIT_MS", "0"))
 CHATBOT_ENCODER_INT8 = env_bool("CHATBOT_ENCODER_INT8", False)
 # How often an idle server process checks for a newly promoted model or index.
 CHATBOT_LIVE_CHECK_SECONDS = float(env("CHATBOT_LIVE_CHECK_SECONDS", "5"))
+# A serving process encodes the messages "Candidate new intents" groups once its models are
+# loaded, a few at a time between chat batches (base encoder: about 90 MB more per process), so
+# that an admin's first visit after a restart does not wait for it. Off on processes that only
+# chat, where admins never visit.
+CHATBOT_EMBED_REVIEW_AHEAD = env_bool("CHATBOT_EMBED_REVIEW_AHEAD", True)
 # How many past messages a reconnecting widget receives.
 CHATBOT_HISTORY_LIMIT = int(env("CHATBOT_HISTORY_LIMIT", "200"))
 # Model versions whose files a training run keeps besides the live one and the one a rollback

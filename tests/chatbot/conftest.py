@@ -18,7 +18,7 @@ from urllib.parse import quote
 import pytest
 from django.conf import settings
 
-from chatbot.models import Message, ModelVersion
+from chatbot.models import Conversation, Intent, Message, ModelVersion
 from retrieval.store import VersionStore
 from training.config import TrainConfig
 from training.data import Example
@@ -47,6 +47,33 @@ def reply_row(reply_id: str | int, timeout_s: float = 10.0) -> Message:
         assert time.monotonic() < deadline, f"reply {reply_id} was sent but never stored"
         time.sleep(0.01)
     return row
+
+
+def turn(
+    conversation: Conversation,
+    text: str,
+    *,
+    decision: str = "answer",
+    intent: Intent | None = None,
+    confidence: float | None = None,
+    priority: float = 0.0,
+    top_k: list | None = None,
+) -> Message:
+    """A customer message and the bot's reply to it, as the chat stores them."""
+    question = Message.objects.create(
+        conversation=conversation, role="customer", text=text, review_priority=priority
+    )
+    Message.objects.create(
+        conversation=conversation,
+        role="bot",
+        text="...",
+        in_reply_to=question,
+        decision=decision,
+        intent=intent,
+        confidence=confidence,
+        top_k=top_k or [],
+    )
+    return question
 
 
 def database_url(db: dict) -> str:

@@ -12,33 +12,9 @@ from django.urls import reverse
 from chatbot import selectors
 from chatbot.learning import ReviewError, review_apply
 from chatbot.models import Conversation, Intent, IntentExample, Message
+from tests.chatbot.conftest import turn
 
 QUEUE = "admin:chatbot_reviewitem_changelist"
-
-
-def turn(
-    conversation: Conversation,
-    text: str,
-    *,
-    intent: Intent | None,
-    confidence: float,
-    decision: str = "answer",
-    priority: float = 0.0,
-) -> Message:
-    """A customer message and the bot's reply to it, as the chat stores them."""
-    question = Message.objects.create(
-        conversation=conversation, role="customer", text=text, review_priority=priority
-    )
-    Message.objects.create(
-        conversation=conversation,
-        role="bot",
-        text="...",
-        in_reply_to=question,
-        decision=decision,
-        intent=intent,
-        confidence=confidence,
-    )
-    return question
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@ encodes only what is new."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from chatbot import runtime as runtime_module
@@ -46,3 +48,63 @@ def test_texts_are_encoded_once_and_the_oldest_are_forgotten_first(tmp_path, mon
     runtime.embed(["i lost my card", "where is my card"])
     assert encoded == ["where is my card"]
     assert runtime.embed([]).shape == (0, encoder.dim)
+
+
+def test_texts_are_encoded_ahead_a_chunk_at_a_time_between_the_batches(tmp_path) -> None:
+    # given: a runtime on the packaged encoder, whose first chunk ahead holds the batch thread
+    # until a customer's batch has been queued behind it
+    runtime = Runtime(
+        base_model=default_base_model(), data_dir=tmp_path, max_batch=1, max_wait_ms=1
+    )
+    encoder = runtime.encoder()
+    encode = encoder.encode
+    ran: list[tuple[str, list[str]]] = []
+    first_chunk_running, chat_queued = threading.Event(), threading.Event()
+
+    def recording(texts, **kwargs):
+        ran.append((threading.current_thread().name, list(texts)))
+        if len(ran) == 1:
+            first_chunk_running.set()
+            assert chat_queued.wait(30)
+        return encode(texts, **kwargs)
+
+    encoder.encode = recording
+    texts = ["where is my card", "i lost my card", "close my account", "top up failed", "hi"]
+
+    # when: the texts are encoded ahead, two at a time, and a batch arrives meanwhile
+    ahead = runtime.embed_ahead(lambda: [*texts, "hi"], chunk=2)
+    assert first_chunk_running.wait(30)
+    chat = runtime.batcher.run_on_worker(lambda: ran.append(("chat", [])))
+    chat_queued.set()
+    chat.result(timeout=30)
+    ahead.join(timeout=60)
+
+    # then: each chunk ran on the batch thread, the batch right after the first chunk, not
+    # after all of them; each text was encoded once
+    assert not ahead.is_alive()
+    assert [chunk for _, chunk in ran] == [texts[0:2], [], texts[2:4], texts[4:5]]
+    names = [name for name, _ in ran]
+    assert names[1] == "chat"
+    assert all(name.startswith("agent-batch") for name in names[:1] + names[2:])
+
+    # when: a page asks for them, and one more
+    ran.clear()
+    vectors = runtime.embed(["top up failed", "where is my card", "my pin is blocked"])
+
+    # then: only the new one is encoded, and the vectors are the encoder's own
+    assert [chunk for _, chunk in ran] == [["my pin is blocked"]]
+    expected = encode(["top up failed", "where is my card", "my pin is blocked"])
+    assert np.allclose(vectors, expected, atol=1e-5)
+
+
+def test_nothing_to_encode_ahead_loads_no_encoder(tmp_path) -> None:
+    # given: a serving process's runtime whose model answers the chat (the base encoder unused)
+    runtime = Runtime(
+        base_model=default_base_model(), data_dir=tmp_path, max_batch=1, max_wait_ms=1
+    )
+
+    # when: there is nothing to encode ahead
+    runtime.embed_ahead(list).join(timeout=30)
+
+    # then: the base encoder (90 MB) was never loaded
+    assert runtime._encoder is None

@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
 from chatbot.models import Message
 from chatbot.runtime import get_runtime
-from tests.chatbot.conftest import WEBSOCKET_MAX_MESSAGE_BYTES, LiveServer, reply_row
+from tests.chatbot.conftest import WEBSOCKET_MAX_MESSAGE_BYTES, LiveServer, reply_row, turn
 from training.inference import PRECISIONS
 
 pytestmark = [pytest.mark.server, pytest.mark.usefixtures("knowledge_base")]
@@ -425,3 +425,28 @@ def test_probes_answer_whatever_host_they_are_sent_to(client, settings) -> None:
     assert probes[0].status_code == 200 and probes[0].json()["database"] == "ok"
     assert probes[1].status_code in (200, 503) and "model" in probes[1].json()
     assert page.status_code == 400
+
+
+def test_a_starting_process_encodes_what_candidate_new_intents_groups(daphne_factory) -> None:
+    # given: messages the bot declined and answered, stored before the process starts
+    from chatbot.models import Conversation
+
+    conversation = Conversation.objects.create()
+    turns = [
+        ("can i buy bitcoin here", "out_of_scope"),
+        ("do you sell pet insurance", "out_of_scope"),
+        ("can i buy bitcoin here", "out_of_scope"),  # the same text is encoded once
+        ("can I pay with PayPal?", "answer"),
+        ("when are you open", "clarify"),
+    ]
+    for text, decision in turns:
+        turn(conversation, text, decision=decision)
+
+    # when
+    server = daphne_factory().start()
+
+    # then: once its models are loaded, it encodes each text the page groups, ahead of a visit
+    deadline = time.monotonic() + 60
+    while "Encoded 4 review texts ahead" not in server.log_tail():
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.2)

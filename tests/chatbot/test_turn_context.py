@@ -7,20 +7,9 @@ import pytest
 
 from chatbot import selectors, services
 from chatbot.models import Conversation, Message
+from tests.chatbot.conftest import turn
 
 pytestmark = pytest.mark.django_db
-
-
-def _turn(conversation: Conversation, text: str, decision: str, top_k=None) -> None:
-    customer = Message.objects.create(conversation=conversation, role="customer", text=text)
-    Message.objects.create(
-        conversation=conversation,
-        role="bot",
-        text="...",
-        decision=decision,
-        in_reply_to=customer,
-        top_k=top_k or [],
-    )
 
 
 def _next_message(conversation: Conversation, text: str = "hello?") -> selectors.TurnContext:
@@ -32,9 +21,9 @@ def test_a_hand_back_starts_the_count_of_failures_and_forgets_the_last_question(
     # given: two failed turns, the last a clarifying question; then a person takes over by
     # replying (no hand-off reply of the bot is stored) and hands the conversation back
     conversation = Conversation.objects.create()
-    _turn(conversation, "asdf", Message.Decision.OUT_OF_SCOPE)
+    turn(conversation, "asdf", decision=Message.Decision.OUT_OF_SCOPE)
     offered = [{"intent": "refund", "score": 0.5, "label": "refund please"}]
-    _turn(conversation, "qwerty", Message.Decision.CLARIFY, top_k=offered)
+    turn(conversation, "qwerty", decision=Message.Decision.CLARIFY, top_k=offered)
     assert _next_message(conversation, "refund please").offered == {"refund please": "refund"}
     services.staff_reply_send(conversation=conversation, text="Hi, Sam here. Sorted it.")
     services.conversation_hand_back(conversation=conversation)
@@ -50,9 +39,9 @@ def test_a_hand_back_starts_the_count_of_failures_and_forgets_the_last_question(
 
 def test_a_persons_reply_alone_ends_the_run_of_failures() -> None:
     conversation = Conversation.objects.create(status=Conversation.Status.NEEDS_HUMAN)
-    _turn(conversation, "asdf", Message.Decision.OUT_OF_SCOPE)
+    turn(conversation, "asdf", decision=Message.Decision.OUT_OF_SCOPE)
     services.staff_reply_send(conversation=conversation, text="How can I help?")
-    _turn(conversation, "qwerty", Message.Decision.CLARIFY)
+    turn(conversation, "qwerty", decision=Message.Decision.CLARIFY)
 
     assert _next_message(conversation).failures_in_a_row == 1
 
@@ -62,7 +51,7 @@ def test_more_failures_than_ten_are_counted_when_the_setting_asks_for_them(setti
     settings.CHATBOT_HANDOFF_AFTER_FAILURES = 12
     conversation = Conversation.objects.create()
     for i in range(11):
-        _turn(conversation, f"asdf {i}", Message.Decision.CLARIFY)
+        turn(conversation, f"asdf {i}", decision=Message.Decision.CLARIFY)
 
     # then: the 12th message sees all 11 failures, so the bot hands off
     assert _next_message(conversation).failures_in_a_row == 11
