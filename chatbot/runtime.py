@@ -123,23 +123,42 @@ class Runtime:
         thousand of them anew takes tens of seconds on a CPU."""
         if not texts:
             return np.zeros((0, self.encoder().dim), dtype=np.float32)
+        known = self._remembered(texts)
+        if len(known) < len(set(texts)):
+            with self._encode_lock:
+                known |= self._encoded(texts, self._remembered(texts))
+        return np.stack([known[t] for t in texts])
+
+    def _remembered(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         with self._embeddings_lock:
             known = {t: self._embeddings[t] for t in texts if t in self._embeddings}
             for text in known:
                 self._embeddings.move_to_end(text)
+        return known
+
+    def _encoded(self, texts: Sequence[str], known: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`known` and the vectors of the other texts, encoded now and remembered (under the
+        encode lock)."""
         missing = list(dict.fromkeys(t for t in texts if t not in known))
-        if missing:
-            with self._encode_lock:
-                with self._embeddings_lock:  # encoded meanwhile, by the pass ahead
-                    known.update({t: self._embeddings[t] for t in missing if t in self._embeddings})
-                missing = [t for t in missing if t not in known]
-                fresh = dict(zip(missing, self.encoder().encode(missing), strict=True))
-            known.update(fresh)
-            with self._embeddings_lock:
-                self._embeddings.update(fresh)
-                while len(self._embeddings) > EMBEDDINGS_KEPT:
-                    self._embeddings.popitem(last=False)
-        return np.stack([known[t] for t in texts])
+        if not missing:
+            return known
+        fresh = dict(zip(missing, self.encoder().encode(missing), strict=True))
+        with self._embeddings_lock:
+            self._embeddings.update(fresh)
+            while len(self._embeddings) > EMBEDDINGS_KEPT:
+                self._embeddings.popitem(last=False)
+        return known | fresh
+
+    def _embed_ahead_chunk(self, texts: Sequence[str]) -> bool:
+        """Encode and remember `texts` on the batch thread, unless a page is encoding now
+        (False): the batch thread must never wait for a page."""
+        if not self._encode_lock.acquire(blocking=False):
+            return False
+        try:
+            self._encoded(texts, self._remembered(texts))
+        finally:
+            self._encode_lock.release()
+        return True
 
     def embed_ahead(
         self, texts: Callable[[], Sequence[str]], *, chunk: int = EMBED_AHEAD_CHUNK
@@ -149,7 +168,8 @@ class Runtime:
         After a restart, the first visit to "Candidate new intents" would otherwise encode a few
         thousand messages while the admin waits (10 s to 30 s on a CPU). This runs once the
         models are loaded, `chunk` texts at a time on the batch thread, each chunk queued behind
-        the batches already waiting: a customer's message waits for one chunk at most.
+        the batches already waiting: a customer's message waits for one chunk at most. While a
+        page encodes (it takes what is left), the pass waits off the batch thread.
         """
 
         def run() -> None:
@@ -158,10 +178,15 @@ class Runtime:
             started = time.perf_counter()
             try:
                 wanted = list(dict.fromkeys(texts()))
+                if wanted:
+                    self.encoder()  # loaded here, not on the batch thread
                 for start in range(0, len(wanted), chunk):
+                    some = wanted[start : start + chunk]
+                    while not self.batcher.run_on_worker(self._embed_ahead_chunk, some).result():
+                        if self._closed.wait(0.2):
+                            return
                     if self._closed.is_set():
                         return
-                    self.batcher.run_on_worker(self.embed, wanted[start : start + chunk]).result()
             except Exception:
                 logger.exception("Encoding the review texts ahead failed")
                 return

@@ -97,6 +97,44 @@ def test_texts_are_encoded_ahead_a_chunk_at_a_time_between_the_batches(tmp_path)
     assert np.allclose(vectors, expected, atol=1e-5)
 
 
+def test_a_page_encoding_never_holds_the_batch_thread(tmp_path) -> None:
+    # given: an admin's page encoding the texts (held inside the encoder) as the pass ahead starts
+    runtime = Runtime(
+        base_model=default_base_model(), data_dir=tmp_path, max_batch=1, max_wait_ms=1
+    )
+    encoder = runtime.encoder()
+    encode = encoder.encode
+    encoded: list[list[str]] = []
+    page_encoding, page_may_finish = threading.Event(), threading.Event()
+
+    def recording(texts, **kwargs):
+        encoded.append(list(texts))
+        if threading.current_thread().name == "page":
+            page_encoding.set()
+            assert page_may_finish.wait(30)
+        return encode(texts, **kwargs)
+
+    encoder.encode = recording
+    texts = ["where is my card", "i lost my card", "close my account", "top up failed"]
+    page = threading.Thread(target=runtime.embed, args=(texts,), name="page")
+    page.start()
+    assert page_encoding.wait(30)
+
+    # when: the pass ahead starts, and a customer's batch arrives
+    ahead = runtime.embed_ahead(lambda: texts, chunk=2)
+    chat = runtime.batcher.run_on_worker(lambda: "answered")
+
+    # then: the batch runs while the page still encodes; the pass waits for the page, off the
+    # batch thread, and finds everything encoded
+    assert chat.result(timeout=10) == "answered"
+    assert ahead.is_alive()
+    page_may_finish.set()
+    page.join(timeout=30)
+    ahead.join(timeout=30)
+    assert not ahead.is_alive()
+    assert encoded == [texts]
+
+
 def test_nothing_to_encode_ahead_loads_no_encoder(tmp_path) -> None:
     # given: a serving process's runtime whose model answers the chat (the base encoder unused)
     runtime = Runtime(
