@@ -14,7 +14,7 @@ from django.db.models import OuterRef, Q, Subquery
 
 from chatbot.models import Conversation, Message, ModelVersion
 from chatbot.runtime import EMBED_AHEAD_CHUNK, get_runtime
-from retrieval.groups import LOOK_ALIKES_SHOWN, alike_groups
+from retrieval.groups import GROUP_SIMILARITY, LOOK_ALIKES_SHOWN, alike_groups
 
 
 def conversation_history(*, conversation: Conversation, limit: int | None = None) -> list[Message]:
@@ -259,7 +259,7 @@ def embed_candidates_ahead(*, chunk: int = EMBED_AHEAD_CHUNK) -> threading.Threa
 def candidate_intents(
     *,
     min_size: int = 3,
-    similarity: float = 0.5,
+    similarity: float = GROUP_SIMILARITY,
     shown: int = 5,
     look_alikes: int = LOOK_ALIKES_SHOWN,
 ) -> list[CandidateIntent]:
