@@ -14,6 +14,7 @@ answers alone while no model is live.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -89,6 +90,7 @@ class Runtime:
         # and the incoming one's while a swap embeds it (batches go on with the live one).
         self._model_space: dict[tuple[str, str], KnowledgeIndex] = {}
         self._watching = False
+        self._background: list[threading.Thread] = []  # what close() waits for
         self.watcher: threading.Thread | None = None  # started by `watch`
         self._closed = threading.Event()
         self._warmed = False
@@ -197,7 +199,16 @@ class Runtime:
                     time.perf_counter() - started,
                 )
 
-        thread = threading.Thread(target=run, name="embed-ahead", daemon=True)
+        return self._in_background(run, "embed-ahead")
+
+    def _in_background(
+        self, target: Callable[..., None], name: str, *args: object
+    ) -> threading.Thread:
+        """Start a thread that `close` waits for: one stopped by the interpreter's exit in the
+        middle of a forward pass aborts the process ("terminate called without an active
+        exception")."""
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        self._background = [t for t in self._background if t.is_alive()] + [thread]
         thread.start()
         return thread
 
@@ -232,17 +243,15 @@ class Runtime:
                 self._classifier_version = live
                 if live and self._classifier is None:
                     self._unloadable = live
-            else:
+            elif not self._closed.is_set():  # a closed runtime loads nothing new
                 self._loading = live
-                threading.Thread(
-                    target=self._swap_classifier, args=(live,), name="model-swap", daemon=True
-                ).start()
+                self._in_background(self._swap_classifier, "model-swap", live)
             return self._classifier, self._classifier_version or ""
 
     def _swap_classifier(self, version: str) -> None:
         classifier = self._load_classifier(version)
         index = self.index()
-        if classifier is not None and index is not None:
+        if classifier is not None and index is not None and not self._closed.is_set():
             # Embedded here, in the background, so that no batch waits for it.
             self.model_space_index(index, classifier, version)
         with self._lock:
@@ -273,10 +282,14 @@ class Runtime:
         self.watcher = threading.Thread(target=loop, name="live-watch", daemon=True)
         self.watcher.start()
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 60) -> None:
         """Stop watching the live pointers: a runtime that is no longer served (a test replaced
-        it) must not go on loading every new model in the background."""
+        it, the process exits) must not go on loading every new model in the background. Waits
+        up to `timeout_s` for a model load or a pass ahead that is under way."""
         self._closed.set()
+        deadline = time.monotonic() + timeout_s
+        for thread in self._background:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _load_classifier(self, version: str) -> IntentClassifier | None:
         """Load a model version; one that cannot load leaves the agent on nearest examples."""
@@ -474,10 +487,12 @@ def return_large_blocks_to_the_os(threshold: int = 2 * 1024 * 1024) -> None:
 
 @cache
 def get_runtime() -> Runtime:
-    return Runtime(
+    runtime = Runtime(
         base_model=settings.CHATBOT_BASE_MODEL,
         data_dir=settings.CHATBOT_DATA_DIR,
         max_batch=settings.CHATBOT_BATCH_MAX_SIZE,
         max_wait_ms=settings.CHATBOT_BATCH_WAIT_MS,
         encoder_int8=settings.CHATBOT_ENCODER_INT8,
     )
+    atexit.register(runtime.close)  # a server stopping while it swaps models exits cleanly
+    return runtime

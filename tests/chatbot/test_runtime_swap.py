@@ -168,3 +168,27 @@ def test_a_closed_runtime_stops_watching_for_new_models(runtime) -> None:
     # then: its watcher has ended, and loaded nothing more
     assert not runtime.watcher.is_alive()
     assert runtime.loads["v2"] == 0
+
+
+def test_closing_waits_for_a_model_load_under_way(runtime) -> None:
+    # given: v2 promoted, loading in the background (held at its gate)
+    runtime.models.set_live("v2")
+    assert runtime.classifier()[1] == "v1"
+    [swap] = [t for t in threading.enumerate() if t.name == "model-swap"]
+
+    # when: the runtime is closed while it loads (the process exits)
+    closing = threading.Thread(target=runtime.close)
+    closing.start()
+    closing.join(0.2)
+
+    # then: closing waits for the load, which the exit would otherwise cut off in a forward
+    # pass (the process aborts); the load then ends, and a later swap loads nothing
+    assert closing.is_alive() and swap.is_alive()
+    runtime.gates["v2"].set()
+    closing.join(10)
+    assert not closing.is_alive() and not swap.is_alive()
+    runtime.models.set_live("v3")
+    runtime.gates["v3"].set()
+    assert runtime.classifier()[1] == "v2"
+    _swaps_finish()
+    assert runtime.loads["v3"] == 0
