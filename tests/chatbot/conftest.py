@@ -233,7 +233,9 @@ def live_model(knowledge_base, demo_model) -> Iterator[ModelVersion]:
 
 
 def serve_now(version: ModelVersion, timeout: float = 60) -> None:
-    """Wait until this process's runtime answers with `version` (it swaps in the background)."""
+    """Wait until this process's runtime answers with `version` (it swaps in the background),
+    and run one pass on it, as a serving process's warm-up does: the answer index is then
+    embedded in the model's space, and the next message waits for nothing but its own pass."""
     from chatbot.runtime import get_runtime
 
     runtime = get_runtime()
@@ -242,3 +244,4 @@ def serve_now(version: ModelVersion, timeout: float = 60) -> None:
     while runtime.classifier()[1] != name:
         assert time.monotonic() < deadline, f"{name} was not served within {timeout} s"
         time.sleep(0.05)
+    runtime.batcher.run_on_worker(runtime.analyse_batch, ["hello"]).result(timeout)
