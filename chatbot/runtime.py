@@ -189,6 +189,11 @@ class Runtime:
                             return
                     if self._closed.is_set():
                         return
+            except RuntimeError as error:
+                # The process is exiting: its batch thread takes no more work. Nothing failed.
+                if "shutdown" not in str(error):
+                    logger.exception("Encoding the review texts ahead failed")
+                return
             except Exception:
                 logger.exception("Encoding the review texts ahead failed")
                 return

@@ -3,9 +3,13 @@ encodes only what is new."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
+from django.conf import settings
 
 from chatbot import runtime as runtime_module
 from chatbot.runtime import Runtime
@@ -146,3 +150,26 @@ def test_nothing_to_encode_ahead_loads_no_encoder(tmp_path) -> None:
 
     # then: the base encoder (90 MB) was never loaded
     assert runtime._encoder is None
+
+
+def test_a_process_that_exits_while_encoding_ahead_exits_cleanly(tmp_path) -> None:
+    # given: a process encoding 3,000 texts ahead, one at a time, on the packaged encoder
+    script = """
+import time
+from chatbot.runtime import get_runtime
+get_runtime().embed_ahead(lambda: [f"message number {i}" for i in range(3000)], chunk=1)
+time.sleep(3)
+print("exiting", flush=True)
+"""
+    env = {**os.environ, "CHATBOT_DATA_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-c", "import django; django.setup()\n" + script]
+
+    # when: it exits long before the pass is done
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=120, cwd=settings.BASE_DIR
+    )
+
+    # then: nothing is reported as failed, and the exit is clean
+    assert "exiting" in done.stdout
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "failed" not in done.stderr, done.stderr[-2000:]
