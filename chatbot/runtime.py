@@ -91,6 +91,7 @@ class Runtime:
         self._model_space: dict[tuple[str, str], KnowledgeIndex] = {}
         self._watching = False
         self._background: list[threading.Thread] = []  # what close() waits for
+        self._background_lock = threading.Lock()
         self.watcher: threading.Thread | None = None  # started by `watch`
         self._closed = threading.Event()
         self._warmed = False
@@ -189,13 +190,10 @@ class Runtime:
                             return
                     if self._closed.is_set():
                         return
-            except RuntimeError as error:
-                # The process is exiting: its batch thread takes no more work. Nothing failed.
-                if "shutdown" not in str(error):
+            except Exception as error:
+                # "shutdown": the process is exiting and its batch thread takes no more work.
+                if not (isinstance(error, RuntimeError) and "shutdown" in str(error)):
                     logger.exception("Encoding the review texts ahead failed")
-                return
-            except Exception:
-                logger.exception("Encoding the review texts ahead failed")
                 return
             if wanted:
                 logger.info(
@@ -213,7 +211,8 @@ class Runtime:
         middle of a forward pass aborts the process ("terminate called without an active
         exception")."""
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-        self._background = [t for t in self._background if t.is_alive()] + [thread]
+        with self._background_lock:  # started from the batch thread and from others
+            self._background = [t for t in self._background if t.is_alive()] + [thread]
         thread.start()
         return thread
 
@@ -293,7 +292,9 @@ class Runtime:
         up to `timeout_s` for a model load or a pass ahead that is under way."""
         self._closed.set()
         deadline = time.monotonic() + timeout_s
-        for thread in self._background:
+        with self._background_lock:
+            background = list(self._background)
+        for thread in background:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def _load_classifier(self, version: str) -> IntentClassifier | None:
