@@ -31,6 +31,9 @@ trained on either); each night prints how many look-alikes of each kind an admin
 With --review-from whole-groups, no --per-night limit: each night the admin handles whole every
 group most of whose messages are of held-out intents: marks its held-out messages out of scope
 (unticking the others) and ticks the held-out look-alikes listed under it.
+With --unknown-share S (with --nights), the held-out intents' rows arrive night by night, as a
+company's new topics do among the ones it knows: each night a fresh draw of them making share S
+of the night's traffic beside the in-scope validation split; the page holds all arrived so far.
 --skip-coverage leaves (1) out (and the all-77 model's accuracy with it).
 """
 
@@ -118,6 +121,10 @@ def holdout_run(
     config = TrainConfig()
     train, val = stratified_split(known, val_fraction=config.val_fraction, seed=config.seed)
     directory = workdir / f"holdout-{reviewed}-{len(out_of_scope)}"
+    for again in range(2, 100):  # a night that marked nothing new trains its own model too
+        if not directory.exists():
+            break
+        directory = workdir / f"holdout-{reviewed}-{len(out_of_scope)}-{again}"
     train_to_directory(config, train, val, directory, out_of_scope=out_of_scope)
     classifier = IntentClassifier.from_dir(directory)
     decisions = classifier.decide([e.text for e in test])
@@ -162,29 +169,39 @@ def holdout_run(
     }
 
 
-def declined_rows(examples, seed: int, directory: Path):
-    """The held-out intents' train.csv rows that the model in `directory` declines."""
+def declined_rows(examples, seed: int, directory: Path, arrived: list | None = None):
+    """The held-out intents' train.csv rows (those `arrived`, when given) that the model in
+    `directory` declines."""
     held_out = held_out_intents(examples, seed)
-    rows = [e for e in examples if e.label in held_out]
+    rows = arrived if arrived is not None else [e for e in examples if e.label in held_out]
     decisions = IntentClassifier.from_dir(directory).decide([e.text for e in rows])
     return [e for e, d in zip(rows, decisions, strict=True) if d.decision == OUT_OF_SCOPE]
 
 
 def reachable_rows(
-    examples, seed: int, directory: Path, reviewed: list, encoder, whole_groups: bool = False
+    examples,
+    seed: int,
+    directory: Path,
+    reviewed: list,
+    encoder,
+    whole_groups: bool = False,
+    arrived: list | None = None,
 ) -> tuple:
     """The held-out intents' rows an admin reaches from the review queue and "Candidate new
     intents": those the model in `directory` declines, and those it answers or clarifies that
     are listed as a group's look-alikes; what the admin was shown (counts), and the texts of
     the look-alikes listed. With `whole_groups`,
-    instead: the rows the admin marks by handling each group of a held-out topic whole."""
+    instead: the rows the admin marks by handling each group of a held-out topic whole.
+    The traffic is the in-scope validation split and the held-out intents' rows (those
+    `arrived` so far, when given)."""
     from retrieval.groups import LOOK_ALIKES_SHOWN, alike_groups
 
     held_out = held_out_intents(examples, seed)
     known = [e for e in examples if e.label not in held_out]
     config = TrainConfig()
     _, val = stratified_split(known, val_fraction=config.val_fraction, seed=config.seed)
-    traffic = [e for e in examples if e.label in held_out] + val
+    unknown = arrived if arrived is not None else [e for e in examples if e.label in held_out]
+    traffic = unknown + val
     decisions = IntentClassifier.from_dir(directory).decide([e.text for e in traffic])
     marked = {e.text for e in reviewed}
     # What "Candidate new intents" groups: declined, or reviewed out of scope before.
@@ -211,6 +228,8 @@ def reachable_rows(
         "look_alikes_held_out": sum(e.label in held_out for e in look_alikes),
         "look_alikes_in_scope": sum(e.label not in held_out for e in look_alikes),
         "held_out_answered_or_clarified": sum(e.label in held_out for e in answered),
+        "traffic": len(traffic),
+        "traffic_held_out": len(unknown),
     }
     listed = {e.text for e in look_alikes}
     if not whole_groups:
@@ -242,16 +261,35 @@ def nightly_runs(
     per_night: int,
     nights: int,
     review_from: str = "declined",
+    unknown_share: float | None = None,
 ):
     """The loop as a company runs it: the zero-shot model, then each night `per_night` more of
     each held-out intent's rows reviewed out of scope, drawn from those the last model
     declined (the candidate groups an admin marks), or with `review_from="groups"` also from
     the groups' look-alikes; with "whole-groups", every group of a held-out topic is marked
     whole each night, and its look-alikes listed (no `per_night` limit); and a model trained on
-    all reviewed so far."""
+    all reviewed so far.
+
+    With `unknown_share`, the held-out intents' rows arrive night by night instead of all at
+    once: each night a fresh draw of them, as many as make that share of a night's traffic
+    beside the in-scope validation split (the known topics' traffic, the same every night);
+    the page holds every night's arrivals so far, as the product keeps unreviewed messages."""
     held_out = held_out_intents(examples, seed)
     pick = random.Random(seed + 1)
     reviewed: list = []
+    arrivals, arrived = None, None
+    if unknown_share is not None:
+        known = [e for e in examples if e.label not in held_out]
+        config = TrainConfig()
+        _, val = stratified_split(known, val_fraction=config.val_fraction, seed=config.seed)
+        per_night_arrivals = round(unknown_share / (1 - unknown_share) * len(val))
+        arrivals = [e for e in examples if e.label in held_out]
+        random.Random(seed + 2).shuffle(arrivals)
+        if per_night_arrivals * nights > len(arrivals):
+            raise SystemExit(
+                f"{nights} nights of {per_night_arrivals} arrivals need more than the "
+                f"{len(arrivals)} held-out rows"
+            )
     encoder = None
     if review_from in ("groups", "whole-groups"):
         from retrieval.encoder import SentenceEncoder
@@ -262,11 +300,13 @@ def nightly_runs(
     yield run
     for night in range(1, nights + 1):
         seen = {e.text for e in reviewed}
+        if arrivals is not None:
+            arrived = arrivals[: night * per_night_arrivals]
         shown, look_alike_texts = {}, set()
         if encoder is None:
             pool = [
                 e
-                for e in declined_rows(examples, seed, Path(run["directory"]))
+                for e in declined_rows(examples, seed, Path(run["directory"]), arrived)
                 if e.text not in seen
             ]
         else:
@@ -277,6 +317,7 @@ def nightly_runs(
                 reviewed,
                 encoder,
                 whole_groups=review_from == "whole-groups",
+                arrived=arrived,
             )
         print(
             f"night {night}: {len(pool)} held-out rows not yet reviewed within reach "
@@ -301,6 +342,9 @@ def nightly_runs(
             reviewed_from=f"{review_from}, {night} night(s)",
         )
         run["shown_to_the_admin"] = shown
+        if arrived is not None:
+            run["held_out_rows_arrived"] = len(arrived)
+            run["unknown_share_per_night"] = unknown_share
         yield run
 
 
@@ -330,6 +374,13 @@ def main() -> None:
         "that Candidate new intents lists under each group; whole-groups: the admin marks each "
         "group of a held-out topic whole, with its listed look-alikes (no --per-night limit)",
     )
+    parser.add_argument(
+        "--unknown-share",
+        type=float,
+        help="with --nights: the held-out intents' rows arrive night by night, a fresh draw "
+        "each night making this share of its traffic beside the in-scope validation split "
+        "(default: all of them at once)",
+    )
     parser.add_argument("--skip-coverage", action="store_true")
     args = parser.parse_args()
     examples = load_csv(args.data / "train.csv", label_col="category")
@@ -353,6 +404,7 @@ def main() -> None:
                 args.per_night,
                 args.nights,
                 args.review_from,
+                args.unknown_share,
             )
             if args.nights
             else (
