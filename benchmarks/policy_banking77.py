@@ -34,12 +34,14 @@ group most of whose messages are of held-out intents: marks its held-out message
 With --unknown-share S (with --nights), the held-out intents' rows arrive night by night, as a
 company's new topics do among the ones it knows: each night a fresh draw of them making share S
 of the night's traffic beside the in-scope validation split; the page holds all arrived so far.
---skip-coverage leaves (1) out (and the all-77 model's accuracy with it).
+--skip-coverage leaves (1) out (and the all-77 model's accuracy with it); --keep-models DIR keeps
+the models trained (benchmarks/policy_refit_banking77.py refits their policies).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -382,13 +384,25 @@ def main() -> None:
         "(default: all of them at once)",
     )
     parser.add_argument("--skip-coverage", action="store_true")
+    parser.add_argument(
+        "--keep-models",
+        type=Path,
+        help="train into this (new or empty) directory and keep the models, for "
+        "benchmarks/policy_refit_banking77.py (default: a temporary directory)",
+    )
     args = parser.parse_args()
     examples = load_csv(args.data / "train.csv", label_col="category")
     test = load_csv(args.data / "test.csv", label_col="category")
     config = TrainConfig()
     train, val = stratified_split(examples, val_fraction=config.val_fraction, seed=config.seed)
     results = {}
-    with tempfile.TemporaryDirectory() as workdir:
+    if args.keep_models:
+        args.keep_models.mkdir(parents=True, exist_ok=True)
+    with (
+        contextlib.nullcontext(str(args.keep_models))
+        if args.keep_models
+        else tempfile.TemporaryDirectory()
+    ) as workdir:
         all_intents_pred = None
         if not args.skip_coverage:
             results["coverage"], all_intents_pred = coverage_run(train, val, test, Path(workdir))
