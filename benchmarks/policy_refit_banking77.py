@@ -18,6 +18,12 @@ this prints the held-out intents' test recall and the in-scope accuracy the decl
   stand-in for messages of topics not yet reviewed;
 - sum + contrast: all three signals at equal weight, the threshold fitted as usual.
 
+With --grid, also a grid of weightings (the probability and similarity turned from one to the
+other, the contrast at 0, 0.5, 1 and 2 on standardised scores), each with the share of reviewed
+messages it catches judged against the other reviewed ones and against other topics only:
+the test figures show which weighting would have been right, for choosing a rule on
+development data, not for choosing one here.
+
 The reviewed messages are found again among the held-out intents' train.csv rows by their
 embedding (a model keeps their vectors, not their texts).
 """
@@ -86,6 +92,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--seed", type=int, default=7, help="as given to policy_banking77.py")
     parser.add_argument("--models", type=Path, required=True, help="its --keep-models directory")
+    parser.add_argument("--grid", action="store_true", help="also print a grid of weightings")
     args = parser.parse_args()
     examples = load_csv(args.data / "train.csv", label_col="category")
     test = load_csv(args.data / "test.csv", label_col="category")
@@ -138,6 +145,24 @@ def main() -> None:
                 v_correct,
             ),
         }
+        if args.grid:
+            loo, topic_out = among.max(axis=1), other_topics.max(axis=1)
+            for contrast in (0.0, 0.5, 1.0, 2.0):
+                for angle in np.linspace(0, np.pi / 2, 5):
+                    weights = {
+                        "confidence_weight": float(np.cos(angle)),
+                        "similarity_weight": float(np.sin(angle)),
+                        "contrast_weight": contrast,
+                    }
+                    policy = with_threshold(
+                        Policy.from_dict({**fitted.to_dict(), **weights}), vc, vs, vo, v_correct
+                    )
+                    caught = [
+                        float((policy.in_scope_score(rc, rs, o) < policy.oos_threshold).mean())
+                        for o in (loo, topic_out)
+                    ]
+                    key = f"grid {len(policies) - 3} (caught {caught[0]:.2f} / {caught[1]:.2f})"
+                    policies[key] = policy
         for name, policy in policies.items():
             declined = policy.in_scope_score(tc, ts, to) < policy.oos_threshold
             right = tp == gold
