@@ -97,6 +97,13 @@ def held_out_intents(examples, seed: int) -> set[str]:
     return set(random.Random(seed).sample(sorted({e.label for e in examples}), HELD_OUT))
 
 
+def in_scope_split(examples, held_out: set[str]) -> tuple[list, list]:
+    """The known intents' rows, split into training and validation as training splits them."""
+    known = [e for e in examples if e.label not in held_out]
+    config = TrainConfig()
+    return stratified_split(known, val_fraction=config.val_fraction, seed=config.seed)
+
+
 def reviewed_rows(rows, held_out: set[str], k: int, pick: random.Random) -> list:
     """`k` rows of each held-out intent among `rows` (all of them where it has fewer)."""
     by_label = {label: [e for e in rows if e.label == label] for label in sorted(held_out)}
@@ -116,12 +123,11 @@ def holdout_run(
     """`out_of_scope`: the reviewed messages (default: `reviewed` of each held-out intent's
     rows, at random)."""
     held_out = held_out_intents(examples, seed)
-    known = [e for e in examples if e.label not in held_out]
     if out_of_scope is None:
         rows = reviewed_rows(examples, held_out, reviewed, random.Random(seed + 1))
         out_of_scope = [e.text for e in rows]
     config = TrainConfig()
-    train, val = stratified_split(known, val_fraction=config.val_fraction, seed=config.seed)
+    train, val = in_scope_split(examples, held_out)
     directory = workdir / f"holdout-{reviewed}-{len(out_of_scope)}"
     for again in range(2, 100):  # a night that marked nothing new trains its own model too
         if not directory.exists():
@@ -199,9 +205,7 @@ def reachable_rows(
     from retrieval.groups import LOOK_ALIKES_SHOWN, alike_groups
 
     held_out = held_out_intents(examples, seed)
-    known = [e for e in examples if e.label not in held_out]
-    config = TrainConfig()
-    _, val = stratified_split(known, val_fraction=config.val_fraction, seed=config.seed)
+    _, val = in_scope_split(examples, held_out)
     unknown = arrived if arrived is not None else [e for e in examples if e.label in held_out]
     traffic = unknown + val
     decisions = IntentClassifier.from_dir(directory).decide([e.text for e in traffic])
@@ -281,9 +285,7 @@ def nightly_runs(
     reviewed: list = []
     arrivals, arrived = None, None
     if unknown_share is not None:
-        known = [e for e in examples if e.label not in held_out]
-        config = TrainConfig()
-        _, val = stratified_split(known, val_fraction=config.val_fraction, seed=config.seed)
+        _, val = in_scope_split(examples, held_out)
         per_night_arrivals = round(unknown_share / (1 - unknown_share) * len(val))
         arrivals = [e for e in examples if e.label in held_out]
         random.Random(seed + 2).shuffle(arrivals)

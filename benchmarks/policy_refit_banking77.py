@@ -40,12 +40,11 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from policy_banking77 import DEFAULT_DATA, held_out_intents
+from policy_banking77 import DEFAULT_DATA, held_out_intents, in_scope_split
 
-from training.config import TrainConfig
-from training.data import load_csv, stratified_split
+from training.data import load_csv
 from training.inference import IntentClassifier
-from training.policy import Policy, accuracy_loss_threshold, fit_policy
+from training.policy import Policy, decline_threshold, fit_policy
 
 
 def features(classifier: IntentClassifier, texts: list[str]) -> tuple[np.ndarray, ...]:
@@ -68,7 +67,7 @@ def unit(v: np.ndarray) -> np.ndarray:
 def with_threshold(policy: Policy, confidence, similarity, oos_similarity, correct) -> Policy:
     """`policy` with the threshold fit_policy would give its weights (no reviewed rows)."""
     score = policy.in_scope_score(confidence, similarity, oos_similarity)
-    threshold = min(float(np.quantile(score, 0.03)), accuracy_loss_threshold(score, correct, 0.015))
+    threshold = decline_threshold(score, correct)
     return Policy.from_dict({**policy.to_dict(), "oos_threshold": threshold})
 
 
@@ -97,9 +96,7 @@ def main() -> None:
     examples = load_csv(args.data / "train.csv", label_col="category")
     test = load_csv(args.data / "test.csv", label_col="category")
     held_out = held_out_intents(examples, args.seed)
-    known = [e for e in examples if e.label not in held_out]
-    config = TrainConfig()
-    _, val = stratified_split(known, val_fraction=config.val_fraction, seed=config.seed)
+    _, val = in_scope_split(examples, held_out)
     pool = [e for e in examples if e.label in held_out]
     is_oos = np.array([e.label in held_out for e in test])
     gold = np.array([e.label for e in test])
@@ -147,22 +144,21 @@ def main() -> None:
         }
         if args.grid:
             loo, topic_out = among.max(axis=1), other_topics.max(axis=1)
-            for contrast in (0.0, 0.5, 1.0, 2.0):
-                for angle in np.linspace(0, np.pi / 2, 5):
-                    weights = {
-                        "confidence_weight": float(np.cos(angle)),
-                        "similarity_weight": float(np.sin(angle)),
-                        "contrast_weight": contrast,
-                    }
-                    policy = with_threshold(
-                        Policy.from_dict({**fitted.to_dict(), **weights}), vc, vs, vo, v_correct
-                    )
-                    caught = [
-                        float((policy.in_scope_score(rc, rs, o) < policy.oos_threshold).mean())
-                        for o in (loo, topic_out)
-                    ]
-                    key = f"grid {len(policies) - 3} (caught {caught[0]:.2f} / {caught[1]:.2f})"
-                    policies[key] = policy
+            grid = [(c, a) for c in (0.0, 0.5, 1.0, 2.0) for a in np.linspace(0, np.pi / 2, 5)]
+            for row, (contrast, angle) in enumerate(grid, 1):
+                weights = {
+                    "confidence_weight": float(np.cos(angle)),
+                    "similarity_weight": float(np.sin(angle)),
+                    "contrast_weight": contrast,
+                }
+                policy = with_threshold(
+                    Policy.from_dict({**fitted.to_dict(), **weights}), vc, vs, vo, v_correct
+                )
+                caught = [
+                    float((policy.in_scope_score(rc, rs, o) < policy.oos_threshold).mean())
+                    for o in (loo, topic_out)
+                ]
+                policies[f"grid {row} (caught {caught[0]:.2f} / {caught[1]:.2f})"] = policy
         for name, policy in policies.items():
             declined = policy.in_scope_score(tc, ts, to) < policy.oos_threshold
             right = tp == gold

@@ -142,6 +142,20 @@ def accuracy_loss_threshold(score: np.ndarray, correct: np.ndarray, max_loss: fl
     return float(score[order][over[0]]) if len(over) else np.inf
 
 
+def decline_threshold(
+    score: np.ndarray,
+    correct: np.ndarray,
+    max_in_scope_decline: float = 0.03,
+    max_accuracy_loss: float = 0.015,
+) -> float:
+    """The out-of-scope threshold for in-scope `score`s: it declines at most
+    `max_in_scope_decline` of them, and at most `max_accuracy_loss` as right answers."""
+    return min(
+        float(np.quantile(score, max_in_scope_decline)),
+        accuracy_loss_threshold(score, correct, max_accuracy_loss),
+    )
+
+
 def fit_policy(
     confidence: np.ndarray,
     correct: np.ndarray,
@@ -187,9 +201,8 @@ def fit_policy(
             **standard,
         )
         score = policy.in_scope_score(confidence, similarity, oos_similarity)
-        threshold = min(
-            float(np.quantile(score[in_scope], max_in_scope_decline)),
-            accuracy_loss_threshold(score[in_scope], correct[in_scope], max_accuracy_loss),
+        threshold = decline_threshold(
+            score[in_scope], correct[in_scope], max_in_scope_decline, max_accuracy_loss
         )
         caught = float((score[~in_scope] < threshold).mean()) if (~in_scope).any() else 0.0
         if best is None or caught > best[0]:
