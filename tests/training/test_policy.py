@@ -1,3 +1,5 @@
+import functools
+
 import numpy as np
 import pytest
 
@@ -6,6 +8,7 @@ from training.policy import (
     ANSWER_ALL,
     CLARIFY,
     OUT_OF_SCOPE,
+    ZERO_SHOT_WEIGHTINGS,
     Policy,
     accuracy_loss_threshold,
     answer_threshold,
@@ -154,6 +157,84 @@ def test_reviewed_out_of_scope_messages_near_known_ones_are_caught_by_the_contra
     # ... and a model served without reviewed messages falls back to the other signals
     assert Policy.from_dict(policy.to_dict()) == policy
     assert policy.decide(0.99, 0.9, None) != OUT_OF_SCOPE
+
+
+def _tight_groups(seed: int = 3):
+    """Reviewed out-of-scope messages in tight groups (each close to others of its group, far
+    from other groups' and from the known examples), their similarity to the known examples
+    lower than in-scope messages'. Returns the signals, and each reviewed message's cosine to
+    the nearest reviewed message of another group."""
+    rng = np.random.default_rng(seed)
+    n_in, n_oos = 1000, 60
+    confidence = rng.beta(5, 1.5, n_in + n_oos)
+    similarity = np.concatenate([rng.uniform(0.6, 0.9, n_in), rng.uniform(0.3, 0.65, n_oos)])
+    is_oos = np.arange(n_in + n_oos) >= n_in
+    correct = ~is_oos & (rng.uniform(size=n_in + n_oos) < 0.95)
+    far = similarity - rng.uniform(0.1, 0.5, n_in + n_oos)
+    # the nearest other reviewed message is of the same group ...
+    oos_similarity = np.where(is_oos, similarity + 0.05, far)
+    # ... the nearest of another group as far as the known messages' nearest
+    return confidence, correct, similarity, is_oos, oos_similarity, far[is_oos]
+
+
+# The weightings fit_policy chose among before: the one catching the most reviewed messages.
+CHOSEN_BY_CATCH = [
+    *ZERO_SHOT_WEIGHTINGS,
+    (0, 0, 1.0),
+    (1.0, 1.0, 1.0),
+    (1.0, 0, 1.0),
+    (0, 1.0, 1.0),
+]
+
+
+def _caught(policy: Policy, confidence, similarity, oos_similarity) -> float:
+    scores = policy.in_scope_score(confidence, similarity, oos_similarity)
+    return float((scores < policy.oos_threshold).mean())
+
+
+def test_with_reviewed_messages_the_policy_keeps_what_catches_topics_nobody_reviewed() -> None:
+    # given
+    confidence, correct, similarity, is_oos, oos_similarity, elsewhere = _tight_groups()
+    fit = functools.partial(
+        fit_policy, confidence, correct, similarity, is_oos=is_oos, oos_similarity=oos_similarity
+    )
+
+    # when
+    policy, by_catch = fit(), fit(weights=CHOSEN_BY_CATCH)
+
+    # then: chosen by what it catches of the reviewed messages (each judged against the
+    # others), the contrast alone wins and misses a new topic's messages (the nearest reviewed
+    # message far away); the policy keeps the probability and similarity beside the contrast
+    assert (by_catch.confidence_weight, by_catch.similarity_weight) == (0.0, 0.0)
+    assert min(policy.confidence_weight, policy.similarity_weight) > 0
+    assert policy.contrast_weight > max(policy.confidence_weight, policy.similarity_weight)
+    new_topic = (confidence[is_oos], similarity[is_oos], elsewhere)
+    assert _caught(policy, *new_topic) > 0.2 > 0.05 > _caught(by_catch, *new_topic)
+    # ... while still catching the reviewed topics, within the in-scope limit
+    assert _caught(policy, confidence[is_oos], similarity[is_oos], oos_similarity[is_oos]) > 0.9
+    for p in (policy, by_catch):
+        assert _caught(p, confidence[~is_oos], similarity[~is_oos], oos_similarity[~is_oos]) <= 0.03
+
+
+def test_weightings_judged_against_other_groups_too_keep_what_catches_new_topics() -> None:
+    # given
+    confidence, correct, similarity, is_oos, oos_similarity, elsewhere = _tight_groups()
+
+    # when: chosen by the mean of what each weighting catches judged against the others and
+    # against other groups only
+    policy = fit_policy(
+        confidence,
+        correct,
+        similarity,
+        is_oos=is_oos,
+        oos_similarity=oos_similarity,
+        oos_similarity_elsewhere=elsewhere,
+        weights=CHOSEN_BY_CATCH,
+    )
+
+    # then
+    assert policy.similarity_weight > 0
+    assert _caught(policy, confidence[is_oos], similarity[is_oos], elsewhere) > 0.8
 
 
 def test_declines_cost_at_most_the_accuracy_limit() -> None:
