@@ -72,6 +72,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7, help="as given to policy_banking77.py")
     parser.add_argument("--models", type=Path, required=True, help="its --keep-models directory")
     parser.add_argument("--splits", type=int, default=3, help="random halvings of validation")
+    parser.add_argument(
+        "--fixed-grid", action="store_true", help="also each weighting of the grid, fixed"
+    )
     args = parser.parse_args()
     val, pool, test, test_oos, gold = held_out_data(args.data, args.seed)
     print(
@@ -80,10 +83,12 @@ def main() -> None:
     )
     print("|---|---|---|---|---|")
     for directory in reviewed_models(args.models):
-        compare(directory, val, pool, test, test_oos, gold, args.splits)
+        compare(directory, val, pool, test, test_oos, gold, args.splits, args.fixed_grid)
 
 
-def compare(directory: Path, val, pool, test, test_oos, gold, splits: int) -> None:
+def compare(
+    directory: Path, val, pool, test, test_oos, gold, splits: int, fixed_grid: bool = False
+) -> None:
     """Print each rule's development and test figures for the model in `directory`."""
     classifier = IntentClassifier.from_dir(directory)
     reviewed_vectors = unit(np.load(directory / "out_of_scope.npy"))
@@ -132,6 +137,9 @@ def compare(directory: Path, val, pool, test, test_oos, gold, splits: int) -> No
         "fixed 1, 1, 1": {"weights": [(1.0, 1.0, 1.0)]},
         "fixed 0.71, 0.71, 2 (fit_policy's now)": {},
     }
+    if fixed_grid:
+        for weights in GRID:
+            rules[f"fixed {', '.join(f'{w:.2f}' for w in weights)}"] = {"weights": [weights]}
 
     def fit(rows: np.ndarray, options: dict):
         n = len(rows)

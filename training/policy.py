@@ -128,9 +128,7 @@ ANSWER_ALL = Policy(answer=0.0)
 # at 2, beside the probability and similarity in the zero-shot sum's direction at unit length.
 REVIEWED_WEIGHTS = (float(np.sqrt(0.5)), float(np.sqrt(0.5)), 2.0)
 # Reviewed messages but no contrast measured: from the probability alone to the similarity alone.
-ZERO_SHOT_WEIGHTINGS = [
-    (float(np.cos(a)), float(np.sin(a)), 0.0) for a in np.linspace(0, np.pi / 2, 9)
-]
+WITHOUT_CONTRAST = [(float(np.cos(a)), float(np.sin(a)), 0.0) for a in np.linspace(0, np.pi / 2, 9)]
 
 
 def answer_threshold(
@@ -213,7 +211,7 @@ def fit_policy(
             standard["contrast_mean"] = float(contrast.mean())
             standard["contrast_scale"] = float(max(contrast.std(), 1e-6))
         if weights is None:
-            weights = [REVIEWED_WEIGHTS] if oos_similarity is not None else ZERO_SHOT_WEIGHTINGS
+            weights = [REVIEWED_WEIGHTS] if oos_similarity is not None else WITHOUT_CONTRAST
         elif oos_similarity is None:
             weights = [w for w in weights if not w[2]]
     best: tuple[float, Policy] | None = None

@@ -8,7 +8,7 @@ from training.policy import (
     ANSWER_ALL,
     CLARIFY,
     OUT_OF_SCOPE,
-    ZERO_SHOT_WEIGHTINGS,
+    WITHOUT_CONTRAST,
     Policy,
     accuracy_loss_threshold,
     answer_threshold,
@@ -179,7 +179,7 @@ def _tight_groups(seed: int = 3):
 
 # The weightings fit_policy chose among before: the one catching the most reviewed messages.
 CHOSEN_BY_CATCH = [
-    *ZERO_SHOT_WEIGHTINGS,
+    *WITHOUT_CONTRAST,
     (0, 0, 1.0),
     (1.0, 1.0, 1.0),
     (1.0, 0, 1.0),
