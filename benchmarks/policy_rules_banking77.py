@@ -24,7 +24,8 @@ probability turned to the similarity in five steps, with the contrast at 0, 0.5,
 the contrast alone), and how a reviewed message counts as caught: judged against the other
 reviewed messages, or also against those of other groups (the mean of the two), the groups
 found among the reviewed messages by retrieval.groups.alike_groups in the model's space, or
-(an oracle) their true topics. Fixed weightings for comparison.
+(an oracle) their true topics. Fixed weightings for comparison (--fixed-grid: each of the
+grid's; --contrasts 3,4: 0.71, 0.71 with the contrast at 3 and at 4).
 """
 
 from __future__ import annotations
@@ -75,6 +76,12 @@ def main() -> None:
     parser.add_argument(
         "--fixed-grid", action="store_true", help="also each weighting of the grid, fixed"
     )
+    parser.add_argument(
+        "--contrasts",
+        type=lambda text: [float(c) for c in text.split(",")],
+        default=[],
+        help="comma-separated: also fixed 0.71, 0.71, c for each contrast weight c",
+    )
     args = parser.parse_args()
     val, pool, test, test_oos, gold = held_out_data(args.data, args.seed)
     print(
@@ -83,11 +90,21 @@ def main() -> None:
     )
     print("|---|---|---|---|---|")
     for directory in reviewed_models(args.models):
-        compare(directory, val, pool, test, test_oos, gold, args.splits, args.fixed_grid)
+        compare(
+            directory, val, pool, test, test_oos, gold, args.splits, args.fixed_grid, args.contrasts
+        )
 
 
 def compare(
-    directory: Path, val, pool, test, test_oos, gold, splits: int, fixed_grid: bool = False
+    directory: Path,
+    val,
+    pool,
+    test,
+    test_oos,
+    gold,
+    splits: int,
+    fixed_grid: bool = False,
+    contrasts: list[float] = (),
 ) -> None:
     """Print each rule's development and test figures for the model in `directory`."""
     classifier = IntentClassifier.from_dir(directory)
@@ -140,6 +157,9 @@ def compare(
     if fixed_grid:
         for weights in GRID:
             rules[f"fixed {', '.join(f'{w:.2f}' for w in weights)}"] = {"weights": [weights]}
+    for c in contrasts:
+        weights = (float(np.sqrt(0.5)), float(np.sqrt(0.5)), c)
+        rules[f"fixed 0.71, 0.71, {c:g}"] = {"weights": [weights]}
 
     def fit(rows: np.ndarray, options: dict):
         n = len(rows)
