@@ -110,11 +110,23 @@ def reviewed_models(models: Path) -> list[Path]:
     return [d for d in kept if (d / "out_of_scope.npy").exists()]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def kept_models_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments of a script that reads policy_banking77.py's --keep-models directory."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--seed", type=int, default=7, help="as given to policy_banking77.py")
     parser.add_argument("--models", type=Path, required=True, help="its --keep-models directory")
+    return parser
+
+
+def weights_text(policy: Policy) -> str:
+    """The policy's probability, similarity and contrast weights, as a table cell."""
+    weights = (policy.confidence_weight, policy.similarity_weight, policy.contrast_weight)
+    return ", ".join(f"{w:.2f}" for w in weights)
+
+
+def main() -> None:
+    parser = kept_models_parser(__doc__)
     parser.add_argument("--grid", action="store_true", help="also print a grid of weightings")
     args = parser.parse_args()
     val, pool, test, is_oos, gold = held_out_data(args.data, args.seed)
@@ -170,19 +182,14 @@ def main() -> None:
                 policy = with_threshold(
                     Policy.from_dict({**fitted.to_dict(), **weights}), vc, vs, vo, v_correct
                 )
-                caught = [
-                    float((policy.in_scope_score(rc, rs, o) < policy.oos_threshold).mean())
-                    for o in (loo, topic_out)
-                ]
+                caught = [float(policy.declines(rc, rs, o).mean()) for o in (loo, topic_out)]
                 policies[f"grid {row} (caught {caught[0]:.2f} / {caught[1]:.2f})"] = policy
         for name, policy in policies.items():
-            declined = policy.in_scope_score(tc, ts, to) < policy.oos_threshold
+            declined = policy.declines(tc, ts, to)
             right = tp == gold
             cost = 100 * (right[~is_oos].mean() - (right & ~declined)[~is_oos].mean())
-            weights = (policy.confidence_weight, policy.similarity_weight, policy.contrast_weight)
             print(
-                f"| {directory.name} ({len(reviewed)}) | {name} | "
-                f"{', '.join(f'{w:.2f}' for w in weights)} | "
+                f"| {directory.name} ({len(reviewed)}) | {name} | {weights_text(policy)} | "
                 f"{declined[is_oos].mean():.2%} | {cost:.2f} points |",
                 flush=True,
             )

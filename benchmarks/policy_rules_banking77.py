@@ -30,7 +30,6 @@ grid's; --contrasts 3,4: 0.71, 0.71 with the contrast at 3 and at 4).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -40,12 +39,19 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from policy_banking77 import DEFAULT_DATA
-from policy_refit_banking77 import BY_CATCH, features, held_out_data, reviewed_models, unit
+from policy_refit_banking77 import (
+    BY_CATCH,
+    features,
+    held_out_data,
+    kept_models_parser,
+    reviewed_models,
+    unit,
+    weights_text,
+)
 
 from retrieval.groups import alike_groups
 from training.inference import IntentClassifier
-from training.policy import fit_policy
+from training.policy import REVIEWED_WEIGHTS, fit_policy
 
 GRID = [
     (float(np.cos(a)), float(np.sin(a)), c)
@@ -68,18 +74,15 @@ def elsewhere(among: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--seed", type=int, default=7, help="as given to policy_banking77.py")
-    parser.add_argument("--models", type=Path, required=True, help="its --keep-models directory")
+    parser = kept_models_parser(__doc__)
     parser.add_argument("--splits", type=int, default=3, help="random halvings of validation")
     parser.add_argument(
         "--fixed-grid", action="store_true", help="also each weighting of the grid, fixed"
     )
     parser.add_argument(
         "--contrasts",
-        type=lambda text: [float(c) for c in text.split(",")],
-        default=[],
+        type=lambda text: tuple(float(c) for c in text.split(",")),
+        default=(),
         help="comma-separated: also fixed 0.71, 0.71, c for each contrast weight c",
     )
     args = parser.parse_args()
@@ -104,7 +107,7 @@ def compare(
     gold,
     splits: int,
     fixed_grid: bool = False,
-    contrasts: list[float] = (),
+    contrasts: tuple[float, ...] = (),
 ) -> None:
     """Print each rule's development and test figures for the model in `directory`."""
     classifier = IntentClassifier.from_dir(directory)
@@ -158,8 +161,7 @@ def compare(
         for weights in GRID:
             rules[f"fixed {', '.join(f'{w:.2f}' for w in weights)}"] = {"weights": [weights]}
     for c in contrasts:
-        weights = (float(np.sqrt(0.5)), float(np.sqrt(0.5)), c)
-        rules[f"fixed 0.71, 0.71, {c:g}"] = {"weights": [weights]}
+        rules[f"fixed 0.71, 0.71, {c:g}"] = {"weights": [(*REVIEWED_WEIGHTS[:2], c)]}
 
     def fit(rows: np.ndarray, options: dict):
         n = len(rows)
@@ -172,9 +174,6 @@ def compare(
             **options,
         )
 
-    def declines(policy, c, s, o):
-        return policy.in_scope_score(c, s, o) < policy.oos_threshold
-
     rng = np.random.default_rng(0)
     halves = []
     for _ in range(splits):
@@ -185,18 +184,16 @@ def compare(
         recall, cost = [], []
         for fitted_on, measured_on in halves:
             policy = fit(fitted_on, options)
-            recall.append(declines(policy, uc, us, uo).mean())
-            kept = v_right[measured_on] & ~declines(
-                policy, vc[measured_on], vs[measured_on], vo[measured_on]
+            recall.append(policy.declines(uc, us, uo).mean())
+            kept = v_right[measured_on] & ~policy.declines(
+                vc[measured_on], vs[measured_on], vo[measured_on]
             )
             cost.append(100 * (v_right[measured_on].mean() - kept.mean()))
         policy = fit(np.arange(len(val)), options)
-        declined = declines(policy, tc, ts, to)
+        declined = policy.declines(tc, ts, to)
         t_cost = 100 * (t_right[~test_oos].mean() - (t_right & ~declined)[~test_oos].mean())
-        weights = (policy.confidence_weight, policy.similarity_weight, policy.contrast_weight)
         print(
-            f"| {directory.name} ({len(reviewed)}) | {name} | "
-            f"{', '.join(f'{w:.2f}' for w in weights)} | "
+            f"| {directory.name} ({len(reviewed)}) | {name} | {weights_text(policy)} | "
             f"{np.mean(recall):.2%}, {np.mean(cost):.2f} | "
             f"{declined[test_oos].mean():.2%}, {t_cost:.2f} |",
             flush=True,

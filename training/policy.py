@@ -88,14 +88,16 @@ class Policy:
             )
         return score
 
+    def declines(self, confidence, similarity, oos_similarity=None):
+        """Whether the in-scope score falls below the out-of-scope threshold (floats and
+        arrays)."""
+        return self.in_scope_score(confidence, similarity, oos_similarity) < self.oos_threshold
+
     def decide(
         self, confidence: float, similarity: float | None, oos_similarity: float | None = None
     ) -> str:
         """`similarity` None: not measured (a model saved before it was), so never declined."""
-        if (
-            similarity is not None
-            and self.in_scope_score(confidence, similarity, oos_similarity) < self.oos_threshold
-        ):
+        if similarity is not None and self.declines(confidence, similarity, oos_similarity):
             return OUT_OF_SCOPE
         if confidence >= self.answer:
             return ANSWER

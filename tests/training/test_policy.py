@@ -188,8 +188,7 @@ CHOSEN_BY_CATCH = [
 
 
 def _caught(policy: Policy, confidence, similarity, oos_similarity) -> float:
-    scores = policy.in_scope_score(confidence, similarity, oos_similarity)
-    return float((scores < policy.oos_threshold).mean())
+    return float(policy.declines(confidence, similarity, oos_similarity).mean())
 
 
 def test_with_reviewed_messages_the_policy_keeps_what_catches_topics_nobody_reviewed() -> None:
