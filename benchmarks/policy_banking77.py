@@ -119,14 +119,17 @@ def holdout_run(
     reviewed: int = 0,
     out_of_scope: list[str] | None = None,
     reviewed_from: str = "all",
+    out_of_scope_weight: float | None = None,
 ) -> dict:
     """`out_of_scope`: the reviewed messages (default: `reviewed` of each held-out intent's
-    rows, at random)."""
+    rows, at random); `out_of_scope_weight`: the training setting (default: TrainConfig's)."""
     held_out = held_out_intents(examples, seed)
     if out_of_scope is None:
         rows = reviewed_rows(examples, held_out, reviewed, random.Random(seed + 1))
         out_of_scope = [e.text for e in rows]
     config = TrainConfig()
+    if out_of_scope_weight is not None:
+        config.out_of_scope_weight = out_of_scope_weight
     train, val = in_scope_split(examples, held_out)
     directory = workdir / f"holdout-{reviewed}-{len(out_of_scope)}"
     for again in range(2, 100):  # a night that marked nothing new trains its own model too
@@ -173,6 +176,7 @@ def holdout_run(
         "second_opinion_asked_in_scope": float(asked[in_scope].mean()),
         "second_opinion_asked_oos": float(asked[is_oos].mean()),
         "policy": classifier.thresholds["policy"],
+        "out_of_scope_weight": config.out_of_scope_weight,
         "directory": str(directory),
     }
 
@@ -268,6 +272,7 @@ def nightly_runs(
     nights: int,
     review_from: str = "declined",
     unknown_share: float | None = None,
+    out_of_scope_weight: float | None = None,
 ):
     """The loop as a company runs it: the zero-shot model, then each night `per_night` more of
     each held-out intent's rows reviewed out of scope, drawn from those the last model
@@ -344,6 +349,7 @@ def nightly_runs(
             0 if review_from == "whole-groups" else per_night * night,
             [e.text for e in reviewed],
             reviewed_from=f"{review_from}, {night} night(s)",
+            out_of_scope_weight=out_of_scope_weight,
         )
         run["shown_to_the_admin"] = shown
         if arrived is not None:
@@ -385,6 +391,12 @@ def main() -> None:
         "each night making this share of its traffic beside the in-scope validation split "
         "(default: all of them at once)",
     )
+    parser.add_argument(
+        "--out-of-scope-weight",
+        type=float,
+        help="train with the reviewed out-of-scope messages at this outlier-exposure weight "
+        "(TrainConfig.out_of_scope_weight; default: its default)",
+    )
     parser.add_argument("--skip-coverage", action="store_true")
     parser.add_argument(
         "--keep-models",
@@ -421,10 +433,19 @@ def main() -> None:
                 args.nights,
                 args.review_from,
                 args.unknown_share,
+                args.out_of_scope_weight,
             )
             if args.nights
             else (
-                holdout_run(examples, test, Path(workdir), args.seed, all_intents_pred, int(k))
+                holdout_run(
+                    examples,
+                    test,
+                    Path(workdir),
+                    args.seed,
+                    all_intents_pred,
+                    int(k),
+                    out_of_scope_weight=args.out_of_scope_weight,
+                )
                 for k in args.reviewed_oos.split(",")
             )
         )

@@ -24,6 +24,11 @@ class TrainConfig:
     warmup_ratio: float = 0.06  # share of steps with a linear warm-up, then linear decay
     dropout: float = 0.1  # in the encoder and before the classification head
     label_smoothing: float = 0.0  # cross-entropy label smoothing
+    # Reviewed out-of-scope messages in fine-tuning (outlier exposure): the weight of the loss
+    # that pulls their predicted distribution towards uniform over the intents (0: not used),
+    # and how many of them each step draws beside the batch.
+    out_of_scope_weight: float = 0.0
+    out_of_scope_batch: int = 16
     max_length: int = 64  # tokens; customer messages are short
     patience: int = 3  # epochs without a better validation macro-F1 before stopping
     val_fraction: float = 0.1  # validation split cut from the training data

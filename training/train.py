@@ -245,6 +245,12 @@ def _parameter_groups(model, config: TrainConfig):
 NEIGHBOURS_K = 5
 
 
+def uniform_loss(logits):
+    """Cross-entropy from the uniform distribution over the intents: lowest when the model
+    favours none of them."""
+    return -logits.log_softmax(dim=-1).mean(dim=-1).mean()
+
+
 def unit_rows(vectors: np.ndarray) -> np.ndarray:
     """Float32 rows of unit length: their inner products are cosine similarities."""
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -375,6 +381,12 @@ def train(
     )
     scaler = torch.amp.GradScaler("cuda", enabled=device.startswith("cuda"))
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    # Outlier exposure (Hendrycks et al. 2019) with the reviewed out-of-scope messages: their own
+    # draw (so the in-scope batches are the same with it or without), each step.
+    exposure = None
+    if out_of_scope and config.out_of_scope_weight > 0:
+        exposure = Batcher(tokenizer, list(out_of_scope), max_length=config.max_length)
+        exposure_rng = random.Random(config.seed + 1)
     # The probe itself is epoch 0: fine-tuning must beat it on validation to be kept.
     best_f1, best_epoch, best_state, stale = -1.0, 0, None, 0
     if probe_scores is not None:
@@ -392,6 +404,13 @@ def train(
             target = torch.from_numpy(y_train[indices]).to(device)
             with _autocast(device):
                 loss = loss_fn(model(**batch).float(), target)
+                if exposure is not None:
+                    drawn = exposure_rng.sample(
+                        range(len(out_of_scope)), min(config.out_of_scope_batch, len(out_of_scope))
+                    )
+                    loss = loss + config.out_of_scope_weight * uniform_loss(
+                        model(**exposure.batch(drawn, device)).float()
+                    )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
