@@ -31,11 +31,16 @@ trained on either); each night prints how many look-alikes of each kind an admin
 With --review-from whole-groups, no --per-night limit: each night the admin handles whole every
 group most of whose messages are of held-out intents: marks its held-out messages out of scope
 (unticking the others) and ticks the held-out look-alikes listed under it.
+With --review-from queue-and-groups, the admin also works through the review queue's
+out-of-scope turns (which its priority puts near the top): every declined held-out row not yet
+reviewed is marked out of scope, whether a group holds it or not. (The in-scope turns declined
+beside them, which the admin would confirm or relabel, are counted, not fed back to training.)
 With --unknown-share S (with --nights), the held-out intents' rows arrive night by night, as a
 company's new topics do among the ones it knows: each night a fresh draw of them making share S
 of the night's traffic beside the in-scope validation split; the page holds all arrived so far.
 --skip-coverage leaves (1) out (and the all-77 model's accuracy with it); --keep-models DIR keeps
-the models trained (benchmarks/policy_refit_banking77.py refits their policies).
+the models trained (benchmarks/policy_refit_banking77.py refits their policies);
+--zero-shot-model DIR measures a kept night-0 model of the same seed instead of training it.
 """
 
 from __future__ import annotations
@@ -120,9 +125,11 @@ def holdout_run(
     out_of_scope: list[str] | None = None,
     reviewed_from: str = "all",
     out_of_scope_weight: float | None = None,
+    trained: Path | None = None,
 ) -> dict:
     """`out_of_scope`: the reviewed messages (default: `reviewed` of each held-out intent's
-    rows, at random); `out_of_scope_weight`: the training setting (default: TrainConfig's)."""
+    rows, at random); `out_of_scope_weight`: the training setting (default: TrainConfig's);
+    `trained`: a model an earlier run trained for the same, measured instead of training."""
     held_out = held_out_intents(examples, seed)
     if out_of_scope is None:
         rows = reviewed_rows(examples, held_out, reviewed, random.Random(seed + 1))
@@ -136,7 +143,10 @@ def holdout_run(
         if not directory.exists():
             break
         directory = workdir / f"holdout-{reviewed}-{len(out_of_scope)}-{again}"
-    train_to_directory(config, train, val, directory, out_of_scope=out_of_scope)
+    if trained is None:
+        train_to_directory(config, train, val, directory, out_of_scope=out_of_scope)
+    else:
+        directory = trained
     classifier = IntentClassifier.from_dir(directory)
     decisions = classifier.decide([e.text for e in test])
     is_oos = np.array([e.label in held_out for e in test])
@@ -198,12 +208,15 @@ def reachable_rows(
     encoder,
     whole_groups: bool = False,
     arrived: list | None = None,
+    queue: bool = False,
 ) -> tuple:
     """The held-out intents' rows an admin reaches from the review queue and "Candidate new
     intents": those the model in `directory` declines, and those it answers or clarifies that
     are listed as a group's look-alikes; what the admin was shown (counts), and the texts of
     the look-alikes listed. With `whole_groups`,
-    instead: the rows the admin marks by handling each group of a held-out topic whole.
+    instead: the rows the admin marks by handling each group of a held-out topic whole; with
+    `queue` as well, every declined row of a held-out intent not yet reviewed (the review
+    queue's out-of-scope turns, most of which no group holds).
     The traffic is the in-scope validation split and the held-out intents' rows (those
     `arrived` so far, when given)."""
     from retrieval.groups import LOOK_ALIKES_SHOWN, alike_groups
@@ -254,6 +267,14 @@ def reachable_rows(
         under = [answered[i] for i in g.look_alikes[:LOOK_ALIKES_SHOWN]]
         marking.append((members, under))
     rows = [e for m, a in marking for e in m + a if e.label in held_out and e.text not in marked]
+    if queue:
+        taken = {e.text for e in rows}
+        from_queue = [e for e in declined if e.text not in taken]
+        rows += from_queue
+        shown |= {
+            "queue_held_out_marked": len(from_queue),
+            "queue_in_scope_declined": sum(e.label not in held_out for e in unmatched),
+        }
     shown |= {
         "groups_marked": len(marking),
         "in_scope_members_unticked": sum(e.label not in held_out for m, _ in marking for e in m),
@@ -273,6 +294,7 @@ def nightly_runs(
     review_from: str = "declined",
     unknown_share: float | None = None,
     out_of_scope_weight: float | None = None,
+    zero_shot_model: Path | None = None,
 ):
     """The loop as a company runs it: the zero-shot model, then each night `per_night` more of
     each held-out intent's rows reviewed out of scope, drawn from those the last model
@@ -300,12 +322,12 @@ def nightly_runs(
                 f"{len(arrivals)} held-out rows"
             )
     encoder = None
-    if review_from in ("groups", "whole-groups"):
+    if review_from in ("groups", "whole-groups", "queue-and-groups"):
         from retrieval.encoder import SentenceEncoder
         from training.train import default_base_model
 
         encoder = SentenceEncoder.from_pretrained(default_base_model())
-    run = holdout_run(examples, test, workdir, seed, all_intents_pred)
+    run = holdout_run(examples, test, workdir, seed, all_intents_pred, trained=zero_shot_model)
     yield run
     for night in range(1, nights + 1):
         seen = {e.text for e in reviewed}
@@ -325,15 +347,16 @@ def nightly_runs(
                 Path(run["directory"]),
                 reviewed,
                 encoder,
-                whole_groups=review_from == "whole-groups",
+                whole_groups=review_from in ("whole-groups", "queue-and-groups"),
                 arrived=arrived,
+                queue=review_from == "queue-and-groups",
             )
         print(
             f"night {night}: {len(pool)} held-out rows not yet reviewed within reach "
             f"({review_from}) {json.dumps(shown)}",
             flush=True,
         )
-        if review_from == "whole-groups":
+        if review_from in ("whole-groups", "queue-and-groups"):
             tonight = pool
         else:
             tonight = reviewed_rows(pool, held_out, per_night, pick)
@@ -346,7 +369,7 @@ def nightly_runs(
             workdir,
             seed,
             all_intents_pred,
-            0 if review_from == "whole-groups" else per_night * night,
+            0 if review_from in ("whole-groups", "queue-and-groups") else per_night * night,
             [e.text for e in reviewed],
             reviewed_from=f"{review_from}, {night} night(s)",
             out_of_scope_weight=out_of_scope_weight,
@@ -378,11 +401,12 @@ def main() -> None:
     parser.add_argument("--per-night", type=int, default=3)
     parser.add_argument(
         "--review-from",
-        choices=("declined", "groups", "whole-groups"),
+        choices=("declined", "groups", "whole-groups", "queue-and-groups"),
         default="declined",
         help="with --nights: what an admin reaches, the declined rows, or also the look-alikes "
         "that Candidate new intents lists under each group; whole-groups: the admin marks each "
-        "group of a held-out topic whole, with its listed look-alikes (no --per-night limit)",
+        "group of a held-out topic whole, with its listed look-alikes (no --per-night limit); "
+        "queue-and-groups: that, and every declined held-out row of the review queue",
     )
     parser.add_argument(
         "--unknown-share",
@@ -396,6 +420,12 @@ def main() -> None:
         type=float,
         help="train with the reviewed out-of-scope messages at this outlier-exposure weight "
         "(TrainConfig.out_of_scope_weight; default: its default)",
+    )
+    parser.add_argument(
+        "--zero-shot-model",
+        type=Path,
+        help="with --nights: night 0's model, kept by an earlier run of the same --seed "
+        "(its holdout-0-0), measured instead of trained again",
     )
     parser.add_argument("--skip-coverage", action="store_true")
     parser.add_argument(
@@ -434,6 +464,7 @@ def main() -> None:
                 args.review_from,
                 args.unknown_share,
                 args.out_of_scope_weight,
+                args.zero_shot_model,
             )
             if args.nights
             else (
@@ -482,6 +513,7 @@ def print_holdout(runs: list[dict]) -> None:
             "declined": "those declined",
             "groups": "those declined or look-alikes",
             "whole-groups": "whole groups and their look-alikes",
+            "queue-and-groups": "whole groups, their look-alikes and the queue's declined rows",
         }
         source = (
             f" among {reach[loop.split(', ')[0]]}, {loop.split(', ')[1]}" if loop != "all" else ""

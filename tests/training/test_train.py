@@ -21,7 +21,7 @@ from training.inference import (
 )
 from training.model import IntentModel, load_encoder
 from training.pipeline import search_space, train_to_directory
-from training.train import Batcher, default_base_model
+from training.train import Batcher, default_base_model, softmax
 
 MODEL_FILES = {
     "model.json",
@@ -95,6 +95,45 @@ def test_reviewed_out_of_scope_messages_are_kept_with_the_model_and_read_for_eve
     contrast = [p.similarity - p.oos_similarity for p in served]
     assert classifier.policy.contrast_mean == pytest.approx(np.mean(contrast), abs=1e-3)
     assert classifier.policy.contrast_scale == pytest.approx(np.std(contrast), abs=1e-3)
+
+
+def test_reviewed_out_of_scope_messages_teach_the_model_to_favour_no_intent_on_alike_ones(
+    split, tmp_path: Path
+) -> None:
+    # given: the same training with and without outlier exposure to reviewed messages (no probe
+    # start, so that the fine-tuned weights, which the exposure changes, are the ones kept)
+    train_set, val_set = split
+    weather = [
+        "what will the weather be tomorrow",
+        "is it going to rain tomorrow",
+        "weather forecast for the weekend",
+        "will it be sunny tomorrow",
+        "how cold will it be tonight",
+    ]
+    alike = ["will it snow this weekend", "how hot will it be tomorrow", "is rain expected today"]
+    top = {}
+
+    # when
+    for weight in (0.0, 1.0):
+        config = quick(
+            epochs=6, probe_init=False, head_lr=1e-2, patience=6, out_of_scope_weight=weight
+        )
+        out = tmp_path / f"w{weight}"
+        train_to_directory(config, train_set, val_set, out, out_of_scope=weather)
+        classifier = IntentClassifier.from_dir(out, precision="fp32")
+        # the model's own distribution (the calibration's temperature differs between the two)
+        top[weight] = {
+            texts[0]: softmax(classifier.logits(texts)).max(axis=1)
+            for texts in (weather, alike)
+        }
+        known = classifier.predict([e.text for e in val_set], k=1)
+        assert [p.intent for p in known] == [e.label for e in val_set]
+
+    # then: the reviewed messages lean to no intent in particular, and so, on average, do
+    # messages like them that training never saw
+    exposed, plain = top[1.0], top[0.0]
+    assert (exposed[weather[0]] < plain[weather[0]]).all(), top
+    assert exposed[alike[0]].mean() < plain[alike[0]].mean(), top
 
 
 def test_any_bert_checkpoint_works_through_the_base_model_setting(
