@@ -123,8 +123,7 @@ def test_reviewed_out_of_scope_messages_teach_the_model_to_favour_no_intent_on_a
         classifier = IntentClassifier.from_dir(out, precision="fp32")
         # the model's own distribution (the calibration's temperature differs between the two)
         top[weight] = {
-            texts[0]: softmax(classifier.logits(texts)).max(axis=1)
-            for texts in (weather, alike)
+            texts[0]: softmax(classifier.logits(texts)).max(axis=1) for texts in (weather, alike)
         }
         known = classifier.predict([e.text for e in val_set], k=1)
         assert [p.intent for p in known] == [e.label for e in val_set]
