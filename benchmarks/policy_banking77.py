@@ -68,6 +68,8 @@ from training.policy import ANSWER, OUT_OF_SCOPE, coverage_threshold, decision_s
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
 HELD_OUT = 10
+# --review-from choices where the admin handles whole groups (no --per-night limit)
+WHOLE_GROUPS = ("whole-groups", "queue-and-groups")
 
 
 def coverage_run(train, val, test, workdir: Path) -> tuple[dict, np.ndarray]:
@@ -137,16 +139,15 @@ def holdout_run(
     config = TrainConfig()
     if out_of_scope_weight is not None:
         config.out_of_scope_weight = out_of_scope_weight
-    train, val = in_scope_split(examples, held_out)
-    directory = workdir / f"holdout-{reviewed}-{len(out_of_scope)}"
-    for again in range(2, 100):  # a night that marked nothing new trains its own model too
-        if not directory.exists():
-            break
-        directory = workdir / f"holdout-{reviewed}-{len(out_of_scope)}-{again}"
-    if trained is None:
+    directory = trained
+    if directory is None:
+        train, val = in_scope_split(examples, held_out)
+        directory = workdir / f"holdout-{reviewed}-{len(out_of_scope)}"
+        for again in range(2, 100):  # a night that marked nothing new trains its own model too
+            if not directory.exists():
+                break
+            directory = workdir / f"holdout-{reviewed}-{len(out_of_scope)}-{again}"
         train_to_directory(config, train, val, directory, out_of_scope=out_of_scope)
-    else:
-        directory = trained
     classifier = IntentClassifier.from_dir(directory)
     decisions = classifier.decide([e.text for e in test])
     is_oos = np.array([e.label in held_out for e in test])
@@ -322,7 +323,7 @@ def nightly_runs(
                 f"{len(arrivals)} held-out rows"
             )
     encoder = None
-    if review_from in ("groups", "whole-groups", "queue-and-groups"):
+    if review_from in ("groups", *WHOLE_GROUPS):
         from retrieval.encoder import SentenceEncoder
         from training.train import default_base_model
 
@@ -347,7 +348,7 @@ def nightly_runs(
                 Path(run["directory"]),
                 reviewed,
                 encoder,
-                whole_groups=review_from in ("whole-groups", "queue-and-groups"),
+                whole_groups=review_from in WHOLE_GROUPS,
                 arrived=arrived,
                 queue=review_from == "queue-and-groups",
             )
@@ -356,7 +357,7 @@ def nightly_runs(
             f"({review_from}) {json.dumps(shown)}",
             flush=True,
         )
-        if review_from in ("whole-groups", "queue-and-groups"):
+        if review_from in WHOLE_GROUPS:
             tonight = pool
         else:
             tonight = reviewed_rows(pool, held_out, per_night, pick)
@@ -369,7 +370,7 @@ def nightly_runs(
             workdir,
             seed,
             all_intents_pred,
-            0 if review_from in ("whole-groups", "queue-and-groups") else per_night * night,
+            0 if review_from in WHOLE_GROUPS else per_night * night,
             [e.text for e in reviewed],
             reviewed_from=f"{review_from}, {night} night(s)",
             out_of_scope_weight=out_of_scope_weight,

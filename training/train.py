@@ -341,6 +341,11 @@ def train(
         tokenizer, [e.text for e in train_examples], max_length=config.max_length
     )
     val_batcher = Batcher(tokenizer, [e.text for e in val_examples], max_length=config.max_length)
+    oos_batcher = (
+        Batcher(tokenizer, list(out_of_scope), max_length=config.max_length)
+        if out_of_scope
+        else None
+    )
     y_train = np.array([label2id[e.label] for e in train_examples])
     y_val = np.array([label2id[e.label] for e in val_examples])
 
@@ -383,10 +388,8 @@ def train(
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     # Outlier exposure (Hendrycks et al. 2019) with the reviewed out-of-scope messages: their own
     # draw (so the in-scope batches are the same with it or without), each step.
-    exposure = None
-    if out_of_scope and config.out_of_scope_weight > 0:
-        exposure = Batcher(tokenizer, list(out_of_scope), max_length=config.max_length)
-        exposure_rng = random.Random(config.seed + 1)
+    exposed = oos_batcher is not None and config.out_of_scope_weight > 0
+    exposure_rng = random.Random(config.seed + 1)
     # The probe itself is epoch 0: fine-tuning must beat it on validation to be kept.
     best_f1, best_epoch, best_state, stale = -1.0, 0, None, 0
     if probe_scores is not None:
@@ -404,12 +407,12 @@ def train(
             target = torch.from_numpy(y_train[indices]).to(device)
             with _autocast(device):
                 loss = loss_fn(model(**batch).float(), target)
-                if exposure is not None:
+                if exposed:
                     drawn = exposure_rng.sample(
                         range(len(out_of_scope)), min(config.out_of_scope_batch, len(out_of_scope))
                     )
                     loss = loss + config.out_of_scope_weight * uniform_loss(
-                        model(**exposure.batch(drawn, device)).float()
+                        model(**oos_batcher.batch(drawn, device)).float()
                     )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -461,8 +464,7 @@ def train(
     confidence = probs.max(axis=1)
     oos_embeddings = None
     val_oos_similarity: np.ndarray | list[None] = [None] * len(confidence)
-    if out_of_scope:
-        oos_batcher = Batcher(tokenizer, list(out_of_scope), max_length=config.max_length)
+    if oos_batcher is not None:
         oos_logits, oos_embeddings = run_model(model, oos_batcher, device, both=True)
         oos_embeddings = unit_rows(oos_embeddings)
         val_oos_similarity = nearest_out_of_scope(unit_rows(val_embeddings), oos_embeddings)

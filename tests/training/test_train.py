@@ -34,6 +34,15 @@ MODEL_FILES = {
     "confusion.png",
 }
 
+# Messages a support admin marked out of scope.
+WEATHER = [
+    "what will the weather be tomorrow",
+    "is it going to rain tomorrow",
+    "weather forecast for the weekend",
+    "will it be sunny tomorrow",
+    "how cold will it be tonight",
+]
+
 
 def quick(**overrides) -> TrainConfig:
     return TrainConfig(**{"epochs": 1, "batch_size": 4, "seed": 3, **overrides})
@@ -73,20 +82,13 @@ def test_reviewed_out_of_scope_messages_are_kept_with_the_model_and_read_for_eve
 ) -> None:
     # given: messages a support admin marked out of scope
     train_set, val_set = split
-    weather = [
-        "what will the weather be tomorrow",
-        "is it going to rain tomorrow",
-        "weather forecast for the weekend",
-        "will it be sunny tomorrow",
-        "how cold will it be tonight",
-    ]
 
     # when
-    metrics = train_to_directory(quick(), train_set, val_set, tmp_path / "v1", out_of_scope=weather)
+    metrics = train_to_directory(quick(), train_set, val_set, tmp_path / "v1", out_of_scope=WEATHER)
     classifier = IntentClassifier.from_dir(tmp_path / "v1", precision="fp32")
 
     # then: kept with the model, in its space, and read for every message
-    assert metrics["n_out_of_scope"] == len(weather)
+    assert metrics["n_out_of_scope"] == len(WEATHER)
     assert (tmp_path / "v1" / "out_of_scope.npy").is_file()
     near, far = classifier.predict(["will it snow tomorrow", "where is my new card"], k=1)
     assert near.oos_similarity > far.oos_similarity
@@ -103,13 +105,6 @@ def test_reviewed_out_of_scope_messages_teach_the_model_to_favour_no_intent_on_a
     # given: the same training with and without outlier exposure to reviewed messages (no probe
     # start, so that the fine-tuned weights, which the exposure changes, are the ones kept)
     train_set, val_set = split
-    weather = [
-        "what will the weather be tomorrow",
-        "is it going to rain tomorrow",
-        "weather forecast for the weekend",
-        "will it be sunny tomorrow",
-        "how cold will it be tonight",
-    ]
     alike = ["will it snow this weekend", "how hot will it be tomorrow", "is rain expected today"]
     top = {}
 
@@ -119,11 +114,11 @@ def test_reviewed_out_of_scope_messages_teach_the_model_to_favour_no_intent_on_a
             epochs=6, probe_init=False, head_lr=1e-2, patience=6, out_of_scope_weight=weight
         )
         out = tmp_path / f"w{weight}"
-        train_to_directory(config, train_set, val_set, out, out_of_scope=weather)
+        train_to_directory(config, train_set, val_set, out, out_of_scope=WEATHER)
         classifier = IntentClassifier.from_dir(out, precision="fp32")
         # the model's own distribution (the calibration's temperature differs between the two)
         top[weight] = {
-            texts[0]: softmax(classifier.logits(texts)).max(axis=1) for texts in (weather, alike)
+            texts[0]: softmax(classifier.logits(texts)).max(axis=1) for texts in (WEATHER, alike)
         }
         known = classifier.predict([e.text for e in val_set], k=1)
         assert [p.intent for p in known] == [e.label for e in val_set]
@@ -131,7 +126,7 @@ def test_reviewed_out_of_scope_messages_teach_the_model_to_favour_no_intent_on_a
     # then: the reviewed messages lean to no intent in particular, and so, on average, do
     # messages like them that training never saw
     exposed, plain = top[1.0], top[0.0]
-    assert (exposed[weather[0]] < plain[weather[0]]).all(), top
+    assert (exposed[WEATHER[0]] < plain[WEATHER[0]]).all(), top
     assert exposed[alike[0]].mean() < plain[alike[0]].mean(), top
 
 
