@@ -21,7 +21,10 @@ which training reads as the product's learning loop gives them.
 (4) With --nights N instead: the loop as a company runs it. Each night, --per-night K more rows
 of each held-out intent are reviewed out of scope, drawn only from those the last model declined
 (what "Candidate new intents" shows an admin, whose "Mark these out of scope" reviews them;
-fewer when it declined fewer), and a model is trained on all reviewed so far.
+fewer when it declined fewer), and the next model takes in all reviewed so far: as the product's
+runs do when nothing but out-of-scope reviews is new, night 0's model with its policy fitted
+again (training.train.refit_policy; --train-each-night trains each night's model instead, which
+on the same examples gives the same weights, or so close that the figures move by a message).
 With --review-from groups, the rows an admin can reach also take in the look-alikes that
 "Candidate new intents" lists under each group (retrieval.groups: messages the bot answered or
 clarified that would have joined a group of declined ones, the 10 most alike of each group as
@@ -63,7 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training.config import TrainConfig
 from training.data import load_csv, stratified_split
 from training.inference import IntentClassifier
-from training.pipeline import train_to_directory
+from training.pipeline import refit_to_directory, train_to_directory
 from training.policy import ANSWER, OUT_OF_SCOPE, coverage_threshold, decision_shares
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
@@ -128,10 +131,14 @@ def holdout_run(
     reviewed_from: str = "all",
     out_of_scope_weight: float | None = None,
     trained: Path | None = None,
+    refit_from: Path | None = None,
 ) -> dict:
     """`out_of_scope`: the reviewed messages (default: `reviewed` of each held-out intent's
     rows, at random); `out_of_scope_weight`: the training setting (default: TrainConfig's);
-    `trained`: a model an earlier run trained for the same, measured instead of training."""
+    `trained`: a model an earlier run trained for the same, measured instead of training;
+    `refit_from`: a model trained on the same examples, whose policy is fitted again with the
+    reviewed messages instead of training (as the product's runs do when only those changed;
+    not with outlier exposure, where they train the weights)."""
     held_out = held_out_intents(examples, seed)
     if out_of_scope is None:
         rows = reviewed_rows(examples, held_out, reviewed, random.Random(seed + 1))
@@ -139,7 +146,7 @@ def holdout_run(
     config = TrainConfig()
     if out_of_scope_weight is not None:
         config.out_of_scope_weight = out_of_scope_weight
-    directory = trained
+    directory, seconds = trained, None
     if directory is None:
         train, val = in_scope_split(examples, held_out)
         directory = workdir / f"holdout-{reviewed}-{len(out_of_scope)}"
@@ -147,7 +154,13 @@ def holdout_run(
             if not directory.exists():
                 break
             directory = workdir / f"holdout-{reviewed}-{len(out_of_scope)}-{again}"
-        train_to_directory(config, train, val, directory, out_of_scope=out_of_scope)
+        started = time.monotonic()
+        if refit_from is not None and not config.out_of_scope_weight:
+            refit_to_directory(refit_from, val, directory, out_of_scope=out_of_scope)
+        else:
+            refit_from = None
+            train_to_directory(config, train, val, directory, out_of_scope=out_of_scope)
+        seconds = time.monotonic() - started
     classifier = IntentClassifier.from_dir(directory)
     decisions = classifier.decide([e.text for e in test])
     is_oos = np.array([e.label in held_out for e in test])
@@ -189,6 +202,9 @@ def holdout_run(
         "policy": classifier.thresholds["policy"],
         "out_of_scope_weight": config.out_of_scope_weight,
         "directory": str(directory),
+        "refitted_from": None if refit_from is None else str(refit_from),
+        # training (or refitting) this model, on this machine; None: measured a kept model
+        "seconds": None if seconds is None else round(seconds, 1),
     }
 
 
@@ -296,13 +312,16 @@ def nightly_runs(
     unknown_share: float | None = None,
     out_of_scope_weight: float | None = None,
     zero_shot_model: Path | None = None,
+    train_each_night: bool = False,
 ):
     """The loop as a company runs it: the zero-shot model, then each night `per_night` more of
     each held-out intent's rows reviewed out of scope, drawn from those the last model
     declined (the candidate groups an admin marks), or with `review_from="groups"` also from
     the groups' look-alikes; with "whole-groups", every group of a held-out topic is marked
-    whole each night, and its look-alikes listed (no `per_night` limit); and a model trained on
-    all reviewed so far.
+    whole each night, and its look-alikes listed (no `per_night` limit); and a model for all
+    reviewed so far: the zero-shot model with its policy fitted again, as the product's
+    nightly run does when only out-of-scope reviews are new (trained again instead with
+    `train_each_night`, or where the reviewed messages train the weights).
 
     With `unknown_share`, the held-out intents' rows arrive night by night instead of all at
     once: each night a fresh draw of them, as many as make that share of a night's traffic
@@ -329,6 +348,7 @@ def nightly_runs(
 
         encoder = SentenceEncoder.from_pretrained(default_base_model())
     run = holdout_run(examples, test, workdir, seed, all_intents_pred, trained=zero_shot_model)
+    zero_shot = None if train_each_night else Path(run["directory"])
     yield run
     for night in range(1, nights + 1):
         seen = {e.text for e in reviewed}
@@ -374,6 +394,7 @@ def nightly_runs(
             [e.text for e in reviewed],
             reviewed_from=f"{review_from}, {night} night(s)",
             out_of_scope_weight=out_of_scope_weight,
+            refit_from=zero_shot,
         )
         run["shown_to_the_admin"] = shown
         if arrived is not None:
@@ -428,6 +449,13 @@ def main() -> None:
         help="with --nights: night 0's model, kept by an earlier run of the same --seed "
         "(its holdout-0-0), measured instead of trained again",
     )
+    parser.add_argument(
+        "--train-each-night",
+        action="store_true",
+        help="with --nights: train each night's model again, instead of fitting the zero-shot "
+        "model's policy again with the reviewed messages (what the product's runs do when "
+        "nothing else changed; the same examples train the same weights)",
+    )
     parser.add_argument("--skip-coverage", action="store_true")
     parser.add_argument(
         "--keep-models",
@@ -466,6 +494,7 @@ def main() -> None:
                 args.unknown_share,
                 args.out_of_scope_weight,
                 args.zero_shot_model,
+                args.train_each_night,
             )
             if args.nights
             else (
@@ -544,6 +573,9 @@ def print_holdout(runs: list[dict]) -> None:
             f"| borderline, not declined: in-scope / held-out intents' messages ({when}) | "
             f"{h['second_opinion_asked_in_scope']:.1%} / {h['second_opinion_asked_oos']:.1%} |"
         )
+        if h.get("seconds") is not None:
+            how = "its policy refitted" if h.get("refitted_from") else "trained"
+            print(f"| model {how} in ({when}) | {h['seconds']:.0f} s |")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from django.db.models import Case, Count, Exists, OuterRef, QuerySet, When
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from chatbot import knowledge, learning, selectors, services, tasks, views
@@ -600,6 +600,19 @@ class ReviewQueueAdmin(ExtraViews, admin.ModelAdmin):
             return
         label = Message.Review(verdict).label.lower()
         self.message_user(request, f"{count} message(s) {label}.", messages.SUCCESS)
+        if count and verdict == Message.Review.OUT_OF_SCOPE:
+            self.message_user(
+                request,
+                format_html(
+                    "The bot declines messages like them once a training run has taken them "
+                    'in: tonight\'s, or one you start now (<a href="{}">Training runs</a>, '
+                    '"Start a training run now"). When nothing but out-of-scope reviews is '
+                    "new, a run keeps the live model and fits only its decisions again, "
+                    "which takes a minute or so instead of a retraining.",
+                    reverse("admin:chatbot_trainingrun_changelist"),
+                ),
+                messages.INFO,
+            )
 
     @admin.action(description="Confirm the predicted intent", permissions=["change"])
     def confirm(self, request: HttpRequest, queryset) -> None:

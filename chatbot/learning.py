@@ -30,7 +30,7 @@ from chatbot.models import Intent, IntentExample, Message, ModelVersion, Trainin
 from chatbot.runtime import get_runtime
 from training.config import TrainConfig
 from training.data import Example
-from training.train import Progress, train
+from training.train import Progress, refit_policy, train
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +172,21 @@ def out_of_scope_texts() -> list[str]:
     """Customer messages reviewed as outside every intent."""
     rows = Message.objects.filter(role=Message.Role.CUSTOMER, review=Message.Review.OUT_OF_SCOPE)
     return list(rows.order_by("pk").values_list("text", flat=True).distinct())
+
+
+def data_fingerprints(
+    train_set: Sequence[Example], val_set: Sequence[Example], out_of_scope: Sequence[str]
+) -> dict[str, str]:
+    """Digests of what a model learns from: its examples (with their side of the split) and
+    the messages reviewed out of scope. Equal digests: the same data, whatever its order."""
+    examples = hashlib.sha256()
+    for side, rows in (("train", train_set), ("validation", val_set)):
+        for label, text in sorted((e.label, e.text) for e in rows):
+            examples.update(f"{side}\t{label}\t{text}\n".encode())
+    reviewed = hashlib.sha256()
+    for text in sorted(set(out_of_scope)):
+        reviewed.update(f"{text}\n".encode())
+    return {"examples": examples.hexdigest(), "out_of_scope": reviewed.hexdigest()}
 
 
 def _hash(text: str) -> float:
@@ -338,11 +353,69 @@ def model_train(
             )
         )
     )
-    model_version = ModelVersion.objects.create(
-        directory=str(store.path(version)),
+    return _register(
+        store.path(version),
+        metrics | {"data": data_fingerprints(train_set, val_set, out_of_scope)},
         base_model=config.base_model,
         kind=ModelVersion.Kind.LORA if config.lora else ModelVersion.Kind.FULL,
-        metrics=metrics,
+        promote=promote,
+    )
+
+
+def model_refit(
+    *,
+    source: ModelVersion,
+    split: tuple[list[Example], list[Example]],
+    progress: Progress | None = None,
+) -> ModelVersion:
+    """Register a version with `source`'s weights and its decision policy fitted again on the
+    messages now reviewed out of scope (`split` must be the data `source` learnt from)."""
+    train_set, val_set = split
+    store = get_runtime().models
+    metrics: dict = {}
+    out_of_scope = out_of_scope_texts()
+    version = store.write(
+        lambda directory: metrics.update(
+            refit_policy(
+                Path(source.directory),
+                val_set,
+                directory,
+                out_of_scope=out_of_scope,
+                progress=progress,
+            )
+        )
+    )
+    return _register(
+        store.path(version),
+        metrics | {"data": data_fingerprints(train_set, val_set, out_of_scope)},
+        base_model=source.base_model,
+        kind=source.kind,
+    )
+
+
+def refits(live: ModelVersion | None, fingerprints: dict[str, str], config: TrainConfig) -> bool:
+    """Whether a run may refit the live model's policy instead of training: it learnt from the
+    same examples as now, with the same base model and kind of training, and only the messages
+    reviewed out of scope changed (which, unless they train the weights, change nothing else).
+    """
+    if live is None or not (Path(live.directory) / "model.json").is_file():
+        return False
+    learnt = live.metrics.get("data") or {}
+    kind = ModelVersion.Kind.LORA if config.lora else ModelVersion.Kind.FULL
+    return (
+        learnt.get("examples") == fingerprints["examples"]
+        and learnt.get("out_of_scope") != fingerprints["out_of_scope"]
+        and live.base_model == (config.base_model or settings.CHATBOT_BASE_MODEL)
+        and live.kind == kind
+        and not config.out_of_scope_weight
+    )
+
+
+def _register(
+    directory: Path, metrics: dict, *, base_model: str, kind: str, promote: bool = False
+) -> ModelVersion:
+    model_version = ModelVersion.objects.create(
+        directory=str(directory), base_model=base_model, kind=kind, metrics=metrics
     )
     logger.info("Registered %s: %s", model_version, metrics["validation"])
     if promote:
@@ -544,19 +617,20 @@ def _train_and_judge(run: TrainingRun) -> TrainingRun:
         else 0
     )
     train_set, val_set = validation_split(examples)
+    fingerprints = data_fingerprints(train_set, val_set, out_of_scope_texts())
     TrainingRun.objects.filter(pk=run.pk).update(
         dataset_size=len(examples), new_examples=new_examples, validation_size=len(val_set)
     )
-    if (
-        run.trigger == TrainingRun.Trigger.NIGHTLY
-        and live
-        and not (new_examples or new_out_of_scope)
-    ):
-        return _finish(
-            run,
-            TrainingRun.Status.SKIPPED,
-            reason=f"Nothing was reviewed since {live} was trained.",
-        )
+    if run.trigger == TrainingRun.Trigger.NIGHTLY and live:
+        same = _trained_on(fingerprints, live)
+        if same is not None or (
+            not (live.metrics or {}).get("data") and not (new_examples or new_out_of_scope)
+        ):
+            return _finish(
+                run,
+                TrainingRun.Status.SKIPPED,
+                reason=f"Nothing was reviewed since {same or live} was trained.",
+            )
 
     last_write = 0.0
 
@@ -570,7 +644,13 @@ def _train_and_judge(run: TrainingRun) -> TrainingRun:
         )
 
     config = TrainConfig(epochs=settings.CHATBOT_RETRAIN_EPOCHS, lora=settings.CHATBOT_RETRAIN_LORA)
-    candidate = model_train(config=config, progress=progress, split=(train_set, val_set))
+    refit = refits(live, fingerprints, config)
+    if refit:
+        # Only the out-of-scope reviews changed: the same training would rebuild the same
+        # weights, so only the policy is fitted again (seconds instead of a fine-tune).
+        candidate = model_refit(source=live, split=(train_set, val_set), progress=progress)
+    else:
+        candidate = model_train(config=config, progress=progress, split=(train_set, val_set))
     TrainingRun.objects.filter(pk=run.pk).update(
         model_version=candidate, progress=90.0, stage="scoring", heartbeat_at=timezone.now()
     )
@@ -587,7 +667,9 @@ def _train_and_judge(run: TrainingRun) -> TrainingRun:
         # validation messages the candidate gets wrong that the live model got right, and back
         "broken": broken,
         "fixed": fixed,
-        "train_seconds": candidate.metrics.get("train_seconds"),
+        "train_seconds": None if refit else candidate.metrics.get("train_seconds"),
+        "refitted_from": live.pk if refit else None,
+        "refit_seconds": candidate.metrics.get("refit_seconds") if refit else None,
         "n_train": len(train_set),
         "left_out": thin,
     }
@@ -604,7 +686,7 @@ def _train_and_judge(run: TrainingRun) -> TrainingRun:
         TrainingRun.Status.PROMOTED if promote else TrainingRun.Status.KEPT,
         metrics=summary,
         per_intent=per_intent,
-        reason=" ".join(filter(None, (reason, left_out_note(thin)))),
+        reason=" ".join(filter(None, (_refit_note(refit, live), reason, left_out_note(thin)))),
         stage="done",
     )
     try:
@@ -613,6 +695,25 @@ def _train_and_judge(run: TrainingRun) -> TrainingRun:
     except Exception:  # a full disk is no reason to call the run failed
         logger.exception("Could not delete the files of old model versions")
     return finished
+
+
+def _trained_on(fingerprints: dict[str, str], live: ModelVersion) -> ModelVersion | None:
+    """The live model or the newest version, if it learnt from exactly this data (a kept
+    candidate too: training it again on the same data would only repeat its verdict)."""
+    newest = ModelVersion.objects.order_by("-created_at").first()
+    for version in (live, newest):
+        if version is not None and (version.metrics or {}).get("data") == fingerprints:
+            return version
+    return None
+
+
+def _refit_note(refit: bool, live: ModelVersion | None) -> str:
+    if not refit:
+        return ""
+    return (
+        f"Only the messages reviewed out of scope changed since {live} was trained: it keeps "
+        "its weights, and its decision policy was fitted again with them."
+    )
 
 
 class _TailHandler(logging.Handler):

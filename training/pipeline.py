@@ -14,7 +14,7 @@ from pathlib import Path
 from retrieval.store import VersionStore, sync_dir
 from training.config import TrainConfig
 from training.data import Example
-from training.train import Progress, train
+from training.train import Progress, refit_policy, train
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,29 @@ def train_to_directory(
         budget_s=search_minutes * 60,
         out_of_scope=out_of_scope,
     )
+
+
+def refit_to_directory(
+    source: Path,
+    val_set: Sequence[Example],
+    out: Path,
+    *,
+    out_of_scope: Sequence[str] = (),
+    progress: Progress | None = None,
+) -> dict:
+    """`source`'s weights with its decision policy fitted again (training.train.refit_policy)
+    into `out`, which appears only once complete; returns the metrics."""
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists; choose a new directory for the model.")
+    metrics: dict = {}
+    VersionStore(out.parent).write(
+        lambda directory: metrics.update(
+            refit_policy(source, val_set, directory, out_of_scope=out_of_scope, progress=progress)
+        ),
+        version=out.name,
+    )
+    return metrics
 
 
 def search_space(config: TrainConfig) -> list[TrainConfig]:

@@ -32,7 +32,7 @@ from training.data import (
     check_training_data,
 )
 from training.evaluate import compute_metrics, plot_confusion
-from training.policy import decision_shares, fit_policy
+from training.policy import Policy, decision_shares, fit_policy
 
 logger = logging.getLogger(__name__)
 
@@ -293,6 +293,181 @@ def _validation_scores(model, batcher: Batcher, labels: np.ndarray, device: str)
     }, logits
 
 
+@dataclass
+class Calibration:
+    """What the validation split says about a trained model: its temperature, the decision
+    policy fitted there, its scores, and the reviewed out-of-scope messages in its space."""
+
+    temperature: float
+    policy: Policy
+    scores: dict  # validation accuracy and macro-F1
+    report: dict  # training.evaluate.compute_metrics on validation
+    decisions: list[str]  # the policy's decision on each validation message
+    out_of_scope: np.ndarray | None  # unit rows (None: nothing reviewed out of scope)
+
+    def policy_summary(self) -> dict:
+        return {**self.policy.to_dict(), "validation_decisions": decision_shares(self.decisions)}
+
+    def save(self, directory: Path) -> None:
+        if self.out_of_scope is not None:
+            # The other side of the contrast, in the model's space.
+            np.save(directory / OUT_OF_SCOPE_FILE, self.out_of_scope.astype(np.float16))
+
+
+def calibrate(
+    model,
+    val_batcher: Batcher,
+    val_labels: Sequence[str],
+    labels: Sequence[str],
+    neighbours: np.ndarray,
+    oos_batcher: Batcher | None,
+    device: str,
+) -> Calibration:
+    """Temperature-scale the model on validation and fit its decision policy there.
+
+    `labels`: the model's intents in head order; `neighbours`: the training examples in the
+    model's space (the known examples of the out-of-scope check); `oos_batcher`: the messages
+    reviewed out of scope, if any. What a training run and a refit of the policy share.
+    """
+    from sklearn.metrics import f1_score
+
+    label2id = {label: i for i, label in enumerate(labels)}
+    y_val = np.array([label2id[label] for label in val_labels])
+    val_logits, val_embeddings = run_model(model, val_batcher, device, both=True)
+    predicted = val_logits.argmax(axis=1)
+    scores = {
+        "accuracy": float((predicted == y_val).mean()),
+        "macro_f1": float(f1_score(y_val, predicted, average="macro")),
+    }
+    temperature = fit_temperature(val_logits, y_val)
+    probs = softmax(val_logits / temperature)
+    report = compute_metrics(list(val_labels), [labels[i] for i in predicted], probs.max(axis=1))
+    correct = predicted == y_val
+    similarity = knn_similarity(val_embeddings, neighbours)
+    confidence = probs.max(axis=1)
+    oos_embeddings = None
+    val_oos_similarity: np.ndarray | list[None] = [None] * len(confidence)
+    if oos_batcher is not None:
+        oos_logits, oos_embeddings = run_model(model, oos_batcher, device, both=True)
+        oos_embeddings = unit_rows(oos_embeddings)
+        val_oos_similarity = nearest_out_of_scope(unit_rows(val_embeddings), oos_embeddings)
+        # Each reviewed message against the others: itself would always be its nearest.
+        among = oos_embeddings @ oos_embeddings.T
+        np.fill_diagonal(among, -1.0)
+        policy = fit_policy(
+            np.concatenate([confidence, softmax(oos_logits / temperature).max(axis=1)]),
+            np.concatenate([correct, np.zeros(len(oos_logits), bool)]),
+            np.concatenate([similarity, knn_similarity(oos_embeddings, neighbours)]),
+            is_oos=np.arange(len(correct) + len(oos_logits)) >= len(correct),
+            oos_similarity=np.concatenate([val_oos_similarity, among.max(axis=1)]),
+        )
+    else:
+        policy = fit_policy(confidence, correct, similarity)
+    decisions = [
+        policy.decide(c, s, o)
+        for c, s, o in zip(confidence, similarity, val_oos_similarity, strict=True)
+    ]
+    return Calibration(temperature, policy, scores, report, decisions, oos_embeddings)
+
+
+# What a refit writes anew; every other file of the model is shared with the version it refits.
+REFIT_FILES = (
+    "thresholds.json",
+    "metrics.json",
+    "validation_report.json",
+    "confusion.png",
+    OUT_OF_SCOPE_FILE,
+)
+
+
+def refit_policy(
+    source: Path,
+    val_examples: Sequence[Example],
+    out_dir: Path,
+    *,
+    out_of_scope: Sequence[str] = (),
+    device: str | None = None,
+    progress: Progress | None = None,
+) -> dict:
+    """A new version of the model in `source` with the same weights and its decision policy
+    fitted again, for new reviewed out-of-scope messages: what `train` on the same examples
+    would fit, without the fine-tuning, as long as the messages do not train the weights
+    (`TrainConfig.out_of_scope_weight` 0). `val_examples` must be the split `source` was
+    calibrated on. Writes into `out_dir` (fresh, published by the caller) and returns the
+    metrics, as `train` does.
+    """
+    import torch
+
+    from training.model import load_model
+
+    started = time.perf_counter()
+    report = progress or (lambda fraction, message: None)
+    source, out_dir = Path(source), Path(out_dir)
+    if not val_examples:
+        raise DatasetError("The validation set is empty.")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    report(0.05, "loading the model")
+    model, meta = load_model(source, device=device)
+    check_known_labels(val_examples, {label: i for i, label in enumerate(meta["labels"])})
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    max_length = meta["max_length"]
+    val_batcher = Batcher(tokenizer, [e.text for e in val_examples], max_length=max_length)
+    oos_batcher = (
+        Batcher(tokenizer, list(out_of_scope), max_length=max_length) if out_of_scope else None
+    )
+    report(0.3, "calibrating")
+    calibration = calibrate(
+        model,
+        val_batcher,
+        [e.label for e in val_examples],
+        meta["labels"],
+        np.load(source / NEIGHBOURS_FILE).astype(np.float32),
+        oos_batcher,
+        device,
+    )
+    for path in source.iterdir():
+        if path.name not in REFIT_FILES:
+            _link_or_copy(path, out_dir / path.name)
+    calibration.save(out_dir)
+    thresholds = json.loads((source / "thresholds.json").read_text())
+    thresholds |= {"temperature": calibration.temperature, "policy": calibration.policy.to_dict()}
+    summary = json.loads((source / "metrics.json").read_text())
+    summary |= {
+        "n_val": len(val_examples),
+        "n_out_of_scope": len(out_of_scope),
+        "temperature": calibration.temperature,
+        "policy": calibration.policy_summary(),
+        "refitted_from": source.name,
+        "refit_seconds": round(time.perf_counter() - started, 1),
+        "device": device,
+    }
+    summary["validation"] = {**summary.get("validation", {}), **calibration.scores}
+    (out_dir / "thresholds.json").write_text(json.dumps(thresholds, indent=2))
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "validation_report.json").write_text(json.dumps(calibration.report, indent=2))
+    plot_confusion(calibration.report, out_dir / "confusion.png")
+    report(1.0, "done")
+    return summary
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard links where the file system allows (a version's files are never written again), a
+    copy elsewhere."""
+    import shutil
+
+    if source.is_dir():
+        target.mkdir()
+        for child in source.iterdir():
+            _link_or_copy(child, target / child.name)
+        return
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def train(
     config: TrainConfig,
     train_examples: Sequence[Example],
@@ -445,45 +620,22 @@ def train(
     model.load_state_dict(best_state)
     train_seconds = time.perf_counter() - started
 
-    # 3. Calibrate on validation; fit the policy on the same split, with the training examples
-    #    in the fine-tuned space as the known examples; then measure what int8 and bf16 cost.
+    # 3. Calibrate on validation and fit the policy on the same split, with the training
+    #    examples in the fine-tuned space as the known examples; then measure what int8 and bf16
+    #    cost.
     report(0.92, "calibrating")
-    val_scores, val_logits = _validation_scores(model, val_batcher, y_val, device)
-    temperature = fit_temperature(val_logits, y_val)
-    probs = softmax(val_logits / temperature)
+    # Rounded as they are saved, so that a refit of the policy (refit_policy) reads the same.
+    neighbours = run_model(model, train_batcher, device, embed=True).astype(np.float16)
     labels_sorted = [id2label[i] for i in range(len(id2label))]
-    metrics = compute_metrics(
+    calibration = calibrate(
+        model,
+        val_batcher,
         [e.label for e in val_examples],
-        [id2label[i] for i in probs.argmax(axis=1)],
-        probs.max(axis=1),
+        labels_sorted,
+        neighbours.astype(np.float32),
+        oos_batcher,
+        device,
     )
-    correct = probs.argmax(axis=1) == y_val
-    neighbours = run_model(model, train_batcher, device, embed=True)
-    val_embeddings = run_model(model, val_batcher, device, embed=True)
-    similarity = knn_similarity(val_embeddings, neighbours)
-    confidence = probs.max(axis=1)
-    oos_embeddings = None
-    val_oos_similarity: np.ndarray | list[None] = [None] * len(confidence)
-    if oos_batcher is not None:
-        oos_logits, oos_embeddings = run_model(model, oos_batcher, device, both=True)
-        oos_embeddings = unit_rows(oos_embeddings)
-        val_oos_similarity = nearest_out_of_scope(unit_rows(val_embeddings), oos_embeddings)
-        # Each reviewed message against the others: itself would always be its nearest.
-        among = oos_embeddings @ oos_embeddings.T
-        np.fill_diagonal(among, -1.0)
-        policy = fit_policy(
-            np.concatenate([confidence, softmax(oos_logits / temperature).max(axis=1)]),
-            np.concatenate([correct, np.zeros(len(oos_logits), bool)]),
-            np.concatenate([similarity, knn_similarity(oos_embeddings, neighbours)]),
-            is_oos=np.arange(len(correct) + len(oos_logits)) >= len(correct),
-            oos_similarity=np.concatenate([val_oos_similarity, among.max(axis=1)]),
-        )
-    else:
-        policy = fit_policy(confidence, correct, similarity)
-    decisions = [
-        policy.decide(c, s, o)
-        for c, s, o in zip(confidence, similarity, val_oos_similarity, strict=True)
-    ]
     kind = "lora" if config.lora else "full"
     meta = {
         "kind": kind,
@@ -497,17 +649,15 @@ def train(
 
     save_model(model, tokenizer, out_dir, meta=meta)
     # The training examples in the fine-tuned space: the known examples of the out-of-scope check.
-    np.save(out_dir / NEIGHBOURS_FILE, neighbours.astype(np.float16))
-    if oos_embeddings is not None:
-        # The reviewed out-of-scope messages in the same space: the other side of the contrast.
-        np.save(out_dir / OUT_OF_SCOPE_FILE, oos_embeddings.astype(np.float16))
+    np.save(out_dir / NEIGHBOURS_FILE, neighbours)
+    calibration.save(out_dir)
+    val_scores = calibration.scores
     cpu = _cpu_precision_checks(out_dir, val_batcher, y_val, val_scores["accuracy"], config)
-
     thresholds = {
-        "temperature": temperature,
+        "temperature": calibration.temperature,
         "int8": cpu["int8"]["use"],
         "bf16": cpu["bf16"]["use"],
-        "policy": policy.to_dict(),
+        "policy": calibration.policy.to_dict(),
     }
     summary = {
         "kind": kind,
@@ -523,8 +673,8 @@ def train(
         },
         "int8": cpu["int8"],
         "bf16": cpu["bf16"],
-        "temperature": temperature,
-        "policy": {**policy.to_dict(), "validation_decisions": decision_shares(decisions)},
+        "temperature": calibration.temperature,
+        "policy": calibration.policy_summary(),
         "best_epoch": best_epoch,
         "history": history,
         "train_seconds": round(train_seconds, 1),
@@ -535,8 +685,8 @@ def train(
         json.dumps({**config.to_dict(), "base_model": base_model}, indent=2)
     )
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-    (out_dir / "validation_report.json").write_text(json.dumps(metrics, indent=2))
-    plot_confusion(metrics, out_dir / "confusion.png")
+    (out_dir / "validation_report.json").write_text(json.dumps(calibration.report, indent=2))
+    plot_confusion(calibration.report, out_dir / "confusion.png")
     report(1.0, "done")
     return summary
 

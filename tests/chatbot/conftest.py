@@ -203,7 +203,7 @@ def demo_model(data_dir: Path) -> tuple[Path, dict]:
     Split as the learning loop splits, so its validation examples are never trained on.
     """
     from chatbot.knowledge import DEMO_KNOWLEDGE_BASE
-    from chatbot.learning import validation_split
+    from chatbot.learning import data_fingerprints, validation_split
 
     intents = json.loads(DEMO_KNOWLEDGE_BASE.read_text())["intents"]
     examples = [Example(text, i["name"]) for i in intents for text in i["examples"]]
@@ -213,6 +213,8 @@ def demo_model(data_dir: Path) -> tuple[Path, dict]:
     version = store.write(
         lambda d: metrics.update(train(TrainConfig(epochs=1), train_set, val_set, d))
     )
+    # What it learnt from, as the learning loop records it for the versions it trains.
+    metrics["data"] = data_fingerprints(train_set, val_set, [])
     return store.path(version), metrics
 
 

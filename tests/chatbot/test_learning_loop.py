@@ -1,11 +1,13 @@
 """The whole learning loop, with real processes: daphne, a Celery worker and the Redis broker.
 
 Customers use a phrasing the live model gets wrong, and ask about jobs, which the shop's bot
-should not handle; a support admin relabels the first messages and marks the others out of scope
-in Django admin (over HTTP, on the daphne process); the admin starts a training run, which goes
-through Redis to the worker; the worker trains, scores and promotes; daphne, never restarted,
-answers the phrasing right within 30 seconds, declines new questions about jobs, and a fixed
-regression set keeps its accuracy.
+should not handle; a support admin marks the questions about jobs out of scope, then relabels
+the phrasing's messages, in Django admin (over HTTP, on the daphne process), starting a training
+run after each, which goes through Redis to the worker. The first run, with only the
+out-of-scope reviews new, refits the live model's policy, and daphne, never restarted, declines
+new questions about jobs within 30 seconds; the second trains, scores and promotes, and daphne
+answers the phrasing right within 30 seconds, still declines the questions about jobs, and a
+fixed regression set keeps its accuracy.
 """
 
 from __future__ import annotations
@@ -162,9 +164,38 @@ def test_reviewed_conversations_retrain_through_the_worker_and_go_live_without_a
     declined_before = [ask(server, text)["decision"] == "out_of_scope" for text in JOBS_NEW]
     assert not all(declined_before), "the live model already declines jobs; pick another topic"
 
-    # when: the admin relabels those messages in the review queue
+    # when: the admin marks the questions about jobs out of scope in the review queue, and
+    # starts a training run, which the worker takes from Redis
     admin = AdminSession(server, "support", "a-long-password-1")
     queue = "/admin/chatbot/reviewitem/"
+    jobs = list(
+        Message.objects.filter(role="customer", text__in=JOBS_REVIEWED).values_list("pk", flat=True)
+    )
+    page = admin.post(
+        f"{queue}?review=todo", {"action": "mark_out_of_scope", "_selected_action": jobs}
+    )
+    assert "Start a training run now" in page
+    assert Message.objects.filter(pk__in=jobs, review="out_of_scope").count() == len(JOBS_REVIEWED)
+    refit, _ = start_run_and_wait(admin, celery_worker)
+
+    # then: with nothing else new, the live model's policy was fitted again, not its weights
+    assert refit.status == TrainingRun.Status.PROMOTED, (refit.reason, refit.error, refit.log_tail)
+    assert refit.metrics["refitted_from"] == live_model.pk
+    assert refit.model_version.metrics["n_out_of_scope"] == len(JOBS_REVIEWED)
+
+    # then: the running daphne declines questions about jobs it had not seen within 30 s, and
+    # the stored turn says how close the nearest reviewed one was
+    deadline = time.monotonic() + 30
+    while True:
+        replies = [ask(server, text) for text in JOBS_NEW]
+        if all(r["decision"] == "out_of_scope" for r in replies):
+            break
+        assert time.monotonic() < deadline, (replies, server.log_tail())
+        time.sleep(1)
+    assert reply_row(replies[0]["id"]).model_version == refit.model_version
+    assert reply_row(replies[0]["id"]).out_of_scope_similarity > 0.3
+
+    # when: the admin relabels the phrasing's messages, and starts another run
     ids = list(
         Message.objects.filter(role="customer", text__in=GHOST_DROP).values_list("pk", flat=True)
     )
@@ -177,27 +208,14 @@ def test_reviewed_conversations_retrain_through_the_worker_and_go_live_without_a
         },
     )
     assert f"{len(ids)} message(s) relabelled" in page
-    jobs = list(
-        Message.objects.filter(role="customer", text__in=JOBS_REVIEWED).values_list("pk", flat=True)
-    )
-    admin.post(f"{queue}?review=todo", {"action": "mark_out_of_scope", "_selected_action": jobs})
-    assert Message.objects.filter(pk__in=jobs, review="out_of_scope").count() == len(JOBS_REVIEWED)
+    run, progress_seen = start_run_and_wait(admin, celery_worker)
 
-    # when: ... and starts a training run, which the worker takes from Redis
-    admin.post("/admin/chatbot/trainingrun/start/", {})
-    run = TrainingRun.objects.get(trigger="manual", status__in=["queued", "running"])
-    progress_seen = set()
-    deadline = time.monotonic() + 420
-    while run.status in ("queued", "running"):
-        assert time.monotonic() < deadline, celery_worker.read_text()[-3000:]
-        time.sleep(0.5)
-        run.refresh_from_db()
-        progress_seen.add(run.progress)
-
-    # then: promoted, having been scored against the live model on the same validation set
+    # then: trained and promoted, having been scored against the live model on the same
+    # validation set
     assert run.status == TrainingRun.Status.PROMOTED, (run.reason, run.error, run.log_tail)
     assert run.new_examples == len(GHOST_DROP)
-    assert run.metrics["live_version"] == live_model.pk
+    assert run.metrics["live_version"] == refit.model_version.pk
+    assert run.metrics["refitted_from"] is None and run.metrics["train_seconds"] > 0
     assert any(0 < p < 100 for p in progress_seen), progress_seen
     assert ModelVersion.objects.get(is_live=True) == run.model_version
 
@@ -212,12 +230,25 @@ def test_reviewed_conversations_retrain_through_the_worker_and_go_live_without_a
     assert reply_row(replies[-1]["id"]).model_version == run.model_version
     assert run.model_version.metrics["n_out_of_scope"] == len(JOBS_REVIEWED)
 
-    # then: questions about jobs it had not seen are declined, and the stored turn says how
-    # close the nearest reviewed one was
+    # then: it still declines the questions about jobs
     replies = [ask(server, text) for text in JOBS_NEW]
     assert [r["decision"] for r in replies] == ["out_of_scope"] * len(JOBS_NEW), replies
-    assert reply_row(replies[0]["id"]).out_of_scope_similarity > 0.3
 
     # then: and what it knew before, it still knows (at most one message of the set flips)
     after = regression_accuracy()
     assert after >= before - 1 / len(regression), (before, after)
+
+
+def start_run_and_wait(admin: AdminSession, worker_log: Path) -> tuple[TrainingRun, set[float]]:
+    """Start a training run from the admin and wait until the worker has finished it; returns
+    the run and the progress values seen meanwhile."""
+    admin.post("/admin/chatbot/trainingrun/start/", {})
+    run = TrainingRun.objects.get(trigger="manual", status__in=["queued", "running"])
+    progress_seen = set()
+    deadline = time.monotonic() + 420
+    while run.status in ("queued", "running"):
+        assert time.monotonic() < deadline, worker_log.read_text()[-3000:]
+        time.sleep(0.5)
+        run.refresh_from_db()
+        progress_seen.add(run.progress)
+    return run, progress_seen

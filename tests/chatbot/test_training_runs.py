@@ -14,15 +14,40 @@ from django.utils import timezone
 
 from chatbot.learning import (
     PromotionRule,
+    data_fingerprints,
     model_files_prune,
     model_promote,
+    refits,
+    review_apply,
+    trainable,
     training_examples,
     training_run_execute,
     validation_split,
 )
-from chatbot.models import Intent, IntentExample, ModelVersion, TrainingRun
+from chatbot.models import Conversation, Intent, IntentExample, Message, ModelVersion, TrainingRun
 from chatbot.runtime import get_runtime
+from tests.chatbot.conftest import turn
+from training.config import TrainConfig
 from training.data import Example
+from training.inference import IntentClassifier
+from training.policy import OUT_OF_SCOPE
+
+# Outside what the demo shop's bot is for: reviewed out of scope, and others like them.
+JOBS_REVIEWED = [
+    "are you hiring at the moment",
+    "can i apply for a job in your warehouse",
+    "do you have any vacancies",
+    "i'd like to work for your company",
+    "how do i send you my cv",
+    "are there any part-time jobs at your shop",
+]
+JOBS_NEW = [
+    "any job openings?",
+    "i am looking for work, do you need staff",
+    "where can i apply to work with you",
+    "do you take on summer staff",
+    "is your store recruiting",
+]
 
 
 @pytest.fixture
@@ -155,6 +180,68 @@ def test_a_candidate_trained_on_shuffled_labels_is_kept_but_not_promoted(
     # then
     assert nightly.status == TrainingRun.Status.SKIPPED
     assert "Nothing was reviewed" in nightly.reason
+
+
+def test_out_of_scope_reviews_alone_refit_the_live_models_policy_instead_of_training(
+    live_model: ModelVersion,
+) -> None:
+    # given: customers asked about jobs, and a support admin marked those messages out of scope
+    conversation = Conversation.objects.create()
+    asked = [turn(conversation, text, decision="clarify").pk for text in JOBS_REVIEWED]
+    review_apply(message_ids=asked, verdict=Message.Review.OUT_OF_SCOPE)
+
+    # when: the nightly run
+    run = training_run_execute()
+
+    # then: a version with the live model's weights and its policy fitted with them went live
+    assert run.status == TrainingRun.Status.PROMOTED, (run.reason, run.error, run.log_tail)
+    assert f"Only the messages reviewed out of scope changed since {live_model}" in run.reason
+    assert run.metrics["refitted_from"] == live_model.pk
+    assert run.metrics["train_seconds"] is None and run.metrics["refit_seconds"] > 0
+    assert (run.metrics["broken"], run.metrics["fixed"]) == (0, 0)
+    refit = run.model_version
+    assert ModelVersion.objects.get(is_live=True) == refit
+    assert refit.metrics["n_out_of_scope"] == len(JOBS_REVIEWED)
+    weights = Path("encoder", "model.safetensors")
+    assert (Path(refit.directory) / weights).samefile(Path(live_model.directory) / weights)
+    # then: it declines more of the questions about jobs it never saw than the model before
+    declined = {
+        version.pk: sum(
+            d.decision == OUT_OF_SCOPE
+            for d in IntentClassifier.from_dir(version.directory).decide(JOBS_NEW)
+        )
+        for version in (live_model, refit)
+    }
+    assert declined[refit.pk] > declined[live_model.pk], declined
+
+    # when: the next night, nothing new
+    # then: nothing to do
+    assert training_run_execute().status == TrainingRun.Status.SKIPPED
+
+
+def test_a_run_refits_only_when_nothing_but_the_out_of_scope_reviews_changed(
+    live_model: ModelVersion,
+) -> None:
+    # given: the examples the live model learnt from, and a message now reviewed out of scope
+    train_set, val_set = validation_split(trainable(training_examples())[0])
+    now = data_fingerprints(train_set, val_set, ["are you hiring"])
+    config = TrainConfig(epochs=1)
+
+    # then: it refits for that alone
+    assert refits(live_model, now, config)
+    # then: not when nothing changed (an admin asked for a run: it trains), or an example did
+    assert not refits(live_model, data_fingerprints(train_set, val_set, []), config)
+    assert not refits(live_model, data_fingerprints(train_set[1:], val_set, ["hiring?"]), config)
+    assert not refits(live_model, data_fingerprints(val_set, train_set, ["hiring?"]), config)
+    # then: nor when training has changed since: LoRA, another base model, or the reviewed
+    # messages training the weights too
+    assert not refits(live_model, now, TrainConfig(lora=True))
+    assert not refits(live_model, now, TrainConfig(base_model="/models/another-bert"))
+    assert not refits(live_model, now, TrainConfig(out_of_scope_weight=0.5))
+    # then: nor with no live model, or one without a record of what it learnt from
+    assert not refits(None, now, config)
+    live_model.metrics = {k: v for k, v in live_model.metrics.items() if k != "data"}
+    assert not refits(live_model, now, config)
 
 
 def test_one_run_at_a_time_and_a_run_whose_worker_died_is_marked_failed(

@@ -20,7 +20,7 @@ from training.inference import (
     fastest_precision,
 )
 from training.model import IntentModel, load_encoder
-from training.pipeline import search_space, train_to_directory
+from training.pipeline import refit_to_directory, search_space, train_to_directory
 from training.train import Batcher, default_base_model, softmax
 
 MODEL_FILES = {
@@ -97,6 +97,61 @@ def test_reviewed_out_of_scope_messages_are_kept_with_the_model_and_read_for_eve
     contrast = [p.similarity - p.oos_similarity for p in served]
     assert classifier.policy.contrast_mean == pytest.approx(np.mean(contrast), abs=1e-3)
     assert classifier.policy.contrast_scale == pytest.approx(np.std(contrast), abs=1e-3)
+
+
+def test_a_refit_fits_the_policy_training_on_the_same_examples_would_and_shares_the_weights(
+    split, tmp_path: Path
+) -> None:
+    # given: a model trained before anything was reviewed out of scope, and the model that the
+    # same training fits once messages are
+    train_set, val_set = split
+    train_to_directory(quick(), train_set, val_set, tmp_path / "before")
+    train_to_directory(quick(), train_set, val_set, tmp_path / "trained", out_of_scope=WEATHER)
+
+    # when: the first model's policy is fitted again with the reviewed messages
+    metrics = refit_to_directory(
+        tmp_path / "before", val_set, tmp_path / "refit", out_of_scope=WEATHER
+    )
+
+    # then: the policy, temperature and reviewed vectors are what training fitted
+    refit, trained = (
+        json.loads((tmp_path / name / "thresholds.json").read_text())
+        for name in ("refit", "trained")
+    )
+    assert refit["policy"]["contrast_weight"] > 0
+    assert refit["policy"] == pytest.approx(trained["policy"], abs=1e-4)
+    assert refit["temperature"] == pytest.approx(trained["temperature"], abs=1e-4)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "refit" / "out_of_scope.npy"),
+        np.load(tmp_path / "trained" / "out_of_scope.npy"),
+        atol=2e-3,
+    )
+    assert metrics["n_out_of_scope"] == len(WEATHER)
+    assert metrics["refitted_from"] == "before"
+    trained_metrics = json.loads((tmp_path / "trained" / "metrics.json").read_text())
+    for score in ("accuracy", "macro_f1"):
+        assert metrics["validation"][score] == trained_metrics["validation"][score]
+    # then: it decides as the trained model does, with the first model's very weights
+    texts = [e.text for e in val_set] + ["will it snow tomorrow", "is it sunny today"]
+    decided = {
+        name: [d.decision for d in IntentClassifier.from_dir(tmp_path / name).decide(texts)]
+        for name in ("refit", "trained")
+    }
+    assert decided["refit"] == decided["trained"]
+    weights = Path("encoder", "model.safetensors")
+    assert (tmp_path / "refit" / weights).samefile(tmp_path / "before" / weights)
+    # then: the model it came from is as it was
+    assert not (tmp_path / "before" / "out_of_scope.npy").exists()
+    before = json.loads((tmp_path / "before" / "thresholds.json").read_text())
+    assert before["policy"]["contrast_weight"] == 0
+
+    # when: the reviews are undone, and the policy fitted again without them
+    refit_to_directory(tmp_path / "refit", val_set, tmp_path / "undone")
+
+    # then: it is the policy of the model that never had them
+    undone = json.loads((tmp_path / "undone" / "thresholds.json").read_text())
+    assert undone["policy"] == pytest.approx(before["policy"], abs=1e-4)
+    assert not (tmp_path / "undone" / "out_of_scope.npy").exists()
 
 
 def test_reviewed_out_of_scope_messages_teach_the_model_to_favour_no_intent_on_alike_ones(
