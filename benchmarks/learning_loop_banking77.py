@@ -9,8 +9,12 @@ Runs the product's own code on a scratch SQLite database and data directory:
    chat stores it; a support admin's review confirms the right predictions and relabels the
    wrong ones (`review_apply`, what the admin actions call);
 3. the nightly training run retrains, scores candidate and live model on the same validation
-   set and promotes or keeps the candidate.
-It prints test.csv accuracy and macro-F1 before and after, and the retraining wall time.
+   set and promotes or keeps the candidate;
+4. customers ask about what a bank's bot does not handle (made-up questions, OUTSIDE), the admin
+   marks them out of scope, and the next nightly run, with nothing else new, refits the live
+   model's policy instead of training.
+It prints test.csv accuracy and macro-F1 before and after, each run's wall time, and how many of
+OUTSIDE_NEW (alike questions never reviewed) the live model declines before and after step 4.
 """
 
 from __future__ import annotations
@@ -27,6 +31,31 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "banking77"
+# Outside what a bank's bot is for: reviewed out of scope in step 4, and alike ones never reviewed.
+OUTSIDE = [
+    "are you hiring at the moment",
+    "can i apply for a job at your bank",
+    "do you have any vacancies in customer service",
+    "how do i send you my cv",
+    "what will the weather be like tomorrow",
+    "is it going to rain this weekend",
+    "can you recommend a good restaurant nearby",
+    "where can i book a table for dinner tonight",
+    "who won the football match last night",
+    "what time does the game start on sunday",
+    "can you help me with my maths homework",
+    "what is the capital of australia",
+]
+OUTSIDE_NEW = [
+    "any job openings at the bank?",
+    "i am looking for work, do you need staff",
+    "will it be sunny on monday",
+    "how cold will it be tonight",
+    "any good pizza places around here",
+    "what was the score in the match yesterday",
+    "what is the capital of canada",
+    "can you solve this equation for me",
+]
 
 
 def setup_django(scratch: Path, epochs: int) -> None:
@@ -110,6 +139,25 @@ def main() -> None:
     run = training_run_execute(trigger="nightly")
     retrain_seconds = time.perf_counter() - started
     after = test_scores()
+
+    def declined_outside() -> int:
+        live = ModelVersion.objects.get(is_live=True)
+        decisions = IntentClassifier.from_dir(live.directory).decide(OUTSIDE_NEW)
+        return sum(d.decision == "out_of_scope" for d in decisions)
+
+    # Questions the bank does not handle, marked out of scope; nothing else new.
+    declined_before = declined_outside()
+    conversation = Conversation.objects.create()
+    outside = [
+        Message.objects.create(conversation=conversation, role="customer", text=text).pk
+        for text in OUTSIDE
+    ]
+    review_apply(message_ids=outside, verdict="out_of_scope")
+    started = time.perf_counter()
+    refit = training_run_execute(trigger="nightly")
+    refit_seconds = time.perf_counter() - started
+    declined_after = declined_outside()
+    assert refit.metrics.get("refitted_from"), (refit.status, refit.reason, refit.error)
     results = {
         "first_half_examples": len(first_half),
         "reviewed_examples": len(second_half),
@@ -126,6 +174,18 @@ def main() -> None:
             "new_examples": run.new_examples,
             "validation": run.metrics,
         },
+        "out_of_scope_step": {
+            "reviewed": len(OUTSIDE),
+            "status": refit.status,
+            "reason": refit.reason,
+            "run_seconds": round(refit_seconds, 1),
+            "refit_seconds": refit.metrics["refit_seconds"],
+            "validation": refit.metrics,
+            "alike_declined_before": declined_before,
+            "alike_declined_after": declined_after,
+            "alike": len(OUTSIDE_NEW),
+            "test_after": test_scores(),
+        },
     }
     print()
     print("| model | training examples | test accuracy | test macro-F1 | training wall time |")
@@ -139,6 +199,12 @@ def main() -> None:
         f"{after['accuracy']:.2%} | {after['macro_f1']:.2%} | {retrain_seconds / 60:.1f} min |"
     )
     print(f"\nrun: {run.status}: {run.reason}")
+    print(
+        f"\n{len(OUTSIDE)} questions marked out of scope, then the nightly run: {refit.status} "
+        f"in {refit_seconds:.0f} s (the policy refitted in {refit.metrics['refit_seconds']:.0f} "
+        f"s); alike questions declined: {declined_before} of {len(OUTSIDE_NEW)} before, "
+        f"{declined_after} after. {refit.reason}"
+    )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
     print(json.dumps(results))
