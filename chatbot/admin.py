@@ -601,18 +601,24 @@ class ReviewQueueAdmin(ExtraViews, admin.ModelAdmin):
         label = Message.Review(verdict).label.lower()
         self.message_user(request, f"{count} message(s) {label}.", messages.SUCCESS)
         if count and verdict == Message.Review.OUT_OF_SCOPE:
-            self.message_user(
-                request,
-                format_html(
+            runs = reverse("admin:chatbot_trainingrun_changelist")
+            if settings.CHATBOT_REFIT_AFTER_REVIEW_S > 0:
+                text = format_html(
+                    "In about {} s a run fits the live model's decisions again with them, and "
+                    'the bot then declines messages like them (<a href="{}">Training runs</a>). '
+                    "If examples changed too since the live model was trained, they wait for "
+                    "the next training run, which retrains.",
+                    settings.CHATBOT_REFIT_AFTER_REVIEW_S,
+                    runs,
+                )
+            else:
+                text = format_html(
                     "The bot declines messages like them once a training run has taken them "
                     'in: tonight\'s, or one you start now (<a href="{}">Training runs</a>, '
-                    '"Start a training run now"). When nothing but out-of-scope reviews is '
-                    "new, a run keeps the live model and fits only its decisions again, "
-                    "which takes a minute or so instead of a retraining.",
-                    reverse("admin:chatbot_trainingrun_changelist"),
-                ),
-                messages.INFO,
-            )
+                    '"Start a training run now").',
+                    runs,
+                )
+            self.message_user(request, text, messages.INFO)
 
     @admin.action(description="Confirm the predicted intent", permissions=["change"])
     def confirm(self, request: HttpRequest, queryset) -> None:

@@ -77,8 +77,10 @@ def review_apply(
         if intent is None:
             raise ReviewError("Choose an intent, or type the name of a new one, to relabel.")
     reviewed = removed = 0
+    out_of_scope_changed = False
     messages = Message.objects.filter(pk__in=list(message_ids), role=Message.Role.CUSTOMER)
     for message in messages.select_related("reply__intent"):
+        was_out_of_scope = message.review == Message.Review.OUT_OF_SCOPE
         label = intent
         if verdict == Message.Review.CONFIRMED:
             reply = getattr(message, "reply", None)
@@ -104,12 +106,29 @@ def review_apply(
             message.reviewed_by = user if user is not None and user.is_authenticated else None
             message.save(update_fields=["review", "reviewed_intent", "reviewed_at", "reviewed_by"])
         reviewed += 1
+        out_of_scope_changed |= was_out_of_scope != (verdict == Message.Review.OUT_OF_SCOPE)
     if removed or (reviewed and verdict in (Message.Review.CONFIRMED, Message.Review.RELABELLED)):
         from chatbot.knowledge import answer_index_rebuild_schedule
 
         # The retriever knows the new phrasings at once, and forgets those a verdict undid.
         answer_index_rebuild_schedule()
+    if out_of_scope_changed:
+        refit_request()
     return reviewed
+
+
+def refit_request() -> TrainingRun | None:
+    """Queue a run CHATBOT_REFIT_AFTER_REVIEW_S from now that takes in the out-of-scope marks
+    (see `refits`), unless one is queued already: it will read these marks too. None if off."""
+    delay = settings.CHATBOT_REFIT_AFTER_REVIEW_S
+    if delay <= 0:
+        return None
+    queued = TrainingRun.objects.filter(
+        trigger=TrainingRun.Trigger.REVIEW, status=TrainingRun.Status.QUEUED
+    )
+    if queued.exists():
+        return None
+    return training_run_request(trigger=TrainingRun.Trigger.REVIEW, countdown=delay)
 
 
 def _examples_release(message: Message) -> int:
@@ -510,15 +529,18 @@ def model_rollback() -> ModelVersion:
 # --- Training runs --------------------------------------------------------------------------
 
 
-def training_run_request(*, trigger: str = TrainingRun.Trigger.MANUAL) -> TrainingRun:
-    """Queue a run and hand it to a Celery worker once the transaction commits."""
+def training_run_request(
+    *, trigger: str = TrainingRun.Trigger.MANUAL, countdown: float | None = None
+) -> TrainingRun:
+    """Queue a run and hand it to a Celery worker once the transaction commits (to start
+    `countdown` seconds later, when given)."""
     from chatbot.tasks import model_retrain
 
     run = TrainingRun.objects.create(trigger=trigger)
 
     def hand_over() -> None:
         try:
-            model_retrain.delay(run_id=run.pk)
+            model_retrain.apply_async(kwargs={"run_id": run.pk}, countdown=countdown)
         except Exception as error:  # the broker is down: the run must not wait forever
             logger.exception("Training run %s could not be handed to a worker", run.pk)
             TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.QUEUED).update(
@@ -621,7 +643,7 @@ def _train_and_judge(run: TrainingRun) -> TrainingRun:
     TrainingRun.objects.filter(pk=run.pk).update(
         dataset_size=len(examples), new_examples=new_examples, validation_size=len(val_set)
     )
-    if run.trigger == TrainingRun.Trigger.NIGHTLY and live:
+    if run.trigger in (TrainingRun.Trigger.NIGHTLY, TrainingRun.Trigger.REVIEW) and live:
         same = _trained_on(fingerprints, live)
         if same is not None or (
             not (live.metrics or {}).get("data") and not (new_examples or new_out_of_scope)
@@ -645,6 +667,9 @@ def _train_and_judge(run: TrainingRun) -> TrainingRun:
 
     config = TrainConfig(epochs=settings.CHATBOT_RETRAIN_EPOCHS, lora=settings.CHATBOT_RETRAIN_LORA)
     refit = refits(live, fingerprints, config)
+    if run.trigger == TrainingRun.Trigger.REVIEW and not refit:
+        # Queued by marks, to take them in within a minute: never a whole training.
+        return _finish(run, TrainingRun.Status.SKIPPED, reason=_no_refit_reason(live, fingerprints))
     if refit:
         # Only the out-of-scope reviews changed: the same training would rebuild the same
         # weights, so only the policy is fitted again (seconds instead of a fine-tune).
@@ -705,6 +730,26 @@ def _trained_on(fingerprints: dict[str, str], live: ModelVersion) -> ModelVersio
         if version is not None and (version.metrics or {}).get("data") == fingerprints:
             return version
     return None
+
+
+def _no_refit_reason(live: ModelVersion | None, fingerprints: dict[str, str]) -> str:
+    if live is None:
+        return "No model is live: the first one is trained, by hand or at night."
+    learnt = (live.metrics or {}).get("data")
+    if not learnt:
+        return (
+            f"{live} does not record what it learnt from (it was trained before versions did): "
+            "the out-of-scope marks wait for the next training run."
+        )
+    if learnt.get("examples") != fingerprints["examples"]:
+        return (
+            f"The examples changed too since {live} was trained: the out-of-scope marks wait "
+            "for the next training run (tonight's, or one started by hand)."
+        )
+    return (
+        f"Training has changed since {live} was trained (base model, LoRA or out-of-scope "
+        "weight): the out-of-scope marks wait for the next training run."
+    )
 
 
 def _refit_note(refit: bool, live: ModelVersion | None) -> str:

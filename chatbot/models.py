@@ -265,6 +265,7 @@ class TrainingRun(models.Model):
     class Trigger(models.TextChoices):
         NIGHTLY = "nightly", "Nightly"
         MANUAL = "manual", "By hand"
+        REVIEW = "review", "After out-of-scope marks"
 
     created_at = models.DateTimeField(auto_now_add=True)
     trigger = models.CharField(max_length=16, choices=Trigger.choices)

@@ -232,6 +232,10 @@ CHATBOT_HANDOFF_AFTER_FAILURES = int(env("CHATBOT_HANDOFF_AFTER_FAILURES", "3"))
 # no intent with at least MIN_SUPPORT validation examples loses more than MAX_INTENT_DROP points.
 CHATBOT_RETRAIN_EPOCHS = int(env("CHATBOT_RETRAIN_EPOCHS", "4"))
 CHATBOT_RETRAIN_LORA = env_bool("CHATBOT_RETRAIN_LORA", False)
+# Seconds after a message is marked out of scope (or a mark undone) that a run fits the live
+# model's policy again with the marks, so that the bot declines their like without waiting for
+# the night; marks made meanwhile join the same run. 0: the marks wait for the next run.
+CHATBOT_REFIT_AFTER_REVIEW_S = int(env("CHATBOT_REFIT_AFTER_REVIEW_S", "60"))
 CHATBOT_PROMOTE_MAX_F1_DROP = float(env("CHATBOT_PROMOTE_MAX_F1_DROP", "0.5"))
 CHATBOT_PROMOTE_MAX_INTENT_DROP = float(env("CHATBOT_PROMOTE_MAX_INTENT_DROP", "10"))
 CHATBOT_PROMOTE_MIN_SUPPORT = int(env("CHATBOT_PROMOTE_MIN_SUPPORT", "10"))

@@ -2,10 +2,11 @@
 
 Customers use a phrasing the live model gets wrong, and ask about jobs, which the shop's bot
 should not handle; a support admin marks the questions about jobs out of scope, then relabels
-the phrasing's messages, in Django admin (over HTTP, on the daphne process), starting a training
-run after each, which goes through Redis to the worker. The first run, with only the
-out-of-scope reviews new, refits the live model's policy, and daphne, never restarted, declines
-new questions about jobs within 30 seconds; the second trains, scores and promotes, and daphne
+the phrasing's messages, in Django admin (over HTTP, on the daphne process). The marks queue a
+run themselves, and the admin starts another after the relabels; each goes through Redis to
+the worker. The first run, with only the out-of-scope reviews new, refits the live model's
+policy, and daphne, never restarted, declines new questions about jobs within 30 seconds; the
+second trains, scores and promotes, and daphne
 answers the phrasing right within 30 seconds, still declines the questions about jobs, and a
 fixed regression set keeps its accuracy.
 """
@@ -149,7 +150,9 @@ def test_reviewed_conversations_retrain_through_the_worker_and_go_live_without_a
     daphne_factory,
 ) -> None:
     # given: daphne on the Redis channel layer and broker, and a support admin
-    server = daphne_factory(REDIS_URL=REDIS_URL, CHATBOT_LIVE_CHECK_SECONDS="2").start()
+    server = daphne_factory(
+        REDIS_URL=REDIS_URL, CHATBOT_LIVE_CHECK_SECONDS="2", CHATBOT_REFIT_AFTER_REVIEW_S="2"
+    ).start()
     get_user_model().objects.create_superuser("support", "s@example.com", "a-long-password-1")
     _, regression = validation_split(training_examples())
 
@@ -164,8 +167,7 @@ def test_reviewed_conversations_retrain_through_the_worker_and_go_live_without_a
     declined_before = [ask(server, text)["decision"] == "out_of_scope" for text in JOBS_NEW]
     assert not all(declined_before), "the live model already declines jobs; pick another topic"
 
-    # when: the admin marks the questions about jobs out of scope in the review queue, and
-    # starts a training run, which the worker takes from Redis
+    # when: the admin marks the questions about jobs out of scope in the review queue
     admin = AdminSession(server, "support", "a-long-password-1")
     queue = "/admin/chatbot/reviewitem/"
     jobs = list(
@@ -174,9 +176,12 @@ def test_reviewed_conversations_retrain_through_the_worker_and_go_live_without_a
     page = admin.post(
         f"{queue}?review=todo", {"action": "mark_out_of_scope", "_selected_action": jobs}
     )
-    assert "Start a training run now" in page
+    assert "In about 2 s a run fits the live model's decisions again" in page
     assert Message.objects.filter(pk__in=jobs, review="out_of_scope").count() == len(JOBS_REVIEWED)
-    refit, _ = start_run_and_wait(admin, celery_worker)
+
+    # then: the marks queued a run, which the worker takes from Redis (2 s later)
+    refit = TrainingRun.objects.get(trigger="review")
+    wait_for(refit, celery_worker)
 
     # then: with nothing else new, the live model's policy was fitted again, not its weights
     assert refit.status == TrainingRun.Status.PROMOTED, (refit.reason, refit.error, refit.log_tail)
@@ -244,6 +249,11 @@ def start_run_and_wait(admin: AdminSession, worker_log: Path) -> tuple[TrainingR
     the run and the progress values seen meanwhile."""
     admin.post("/admin/chatbot/trainingrun/start/", {})
     run = TrainingRun.objects.get(trigger="manual", status__in=["queued", "running"])
+    return run, wait_for(run, worker_log)
+
+
+def wait_for(run: TrainingRun, worker_log: Path) -> set[float]:
+    """Wait until the worker has finished `run` (refreshed); returns the progress values seen."""
     progress_seen = set()
     deadline = time.monotonic() + 420
     while run.status in ("queued", "running"):
@@ -251,4 +261,4 @@ def start_run_and_wait(admin: AdminSession, worker_log: Path) -> tuple[TrainingR
         time.sleep(0.5)
         run.refresh_from_db()
         progress_seen.add(run.progress)
-    return run, progress_seen
+    return progress_seen

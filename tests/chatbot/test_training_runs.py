@@ -182,16 +182,25 @@ def test_a_candidate_trained_on_shuffled_labels_is_kept_but_not_promoted(
     assert "Nothing was reviewed" in nightly.reason
 
 
-def test_out_of_scope_reviews_alone_refit_the_live_models_policy_instead_of_training(
-    live_model: ModelVersion,
+def test_out_of_scope_marks_refit_the_live_models_policy_a_minute_later_instead_of_training(
+    live_model: ModelVersion, settings
 ) -> None:
-    # given: customers asked about jobs, and a support admin marked those messages out of scope
+    # given: customers asked about jobs, and a support admin marks those messages out of scope,
+    # in two goes
+    settings.CHATBOT_REFIT_AFTER_REVIEW_S = 60
     conversation = Conversation.objects.create()
     asked = [turn(conversation, text, decision="clarify").pk for text in JOBS_REVIEWED]
-    review_apply(message_ids=asked, verdict=Message.Review.OUT_OF_SCOPE)
+    other = turn(conversation, "where is my parcel", decision="answer").pk
+    review_apply(message_ids=asked[:3], verdict=Message.Review.OUT_OF_SCOPE)
+    review_apply(message_ids=asked[3:], verdict=Message.Review.OUT_OF_SCOPE)
+    review_apply(message_ids=[other], verdict=Message.Review.SKIPPED)
 
-    # when: the nightly run
-    run = training_run_execute()
+    # then: one run is queued for all the marks (the worker starts it a minute later)
+    queued = TrainingRun.objects.get(trigger=TrainingRun.Trigger.REVIEW)
+    assert queued.status == TrainingRun.Status.QUEUED
+
+    # when: the worker runs it
+    run = training_run_execute(run_id=queued.pk)
 
     # then: a version with the live model's weights and its policy fitted with them went live
     assert run.status == TrainingRun.Status.PROMOTED, (run.reason, run.error, run.log_tail)
@@ -217,6 +226,31 @@ def test_out_of_scope_reviews_alone_refit_the_live_models_policy_instead_of_trai
     # when: the next night, nothing new
     # then: nothing to do
     assert training_run_execute().status == TrainingRun.Status.SKIPPED
+
+    # when: a mark is undone, but an example was added too before the run starts
+    review_apply(message_ids=asked[:1], verdict=Message.Review.SKIPPED)
+    IntentExample.objects.create(
+        intent=Intent.objects.get(name="missing_package"), text="my parcel vanished"
+    )
+    second = TrainingRun.objects.get(
+        trigger=TrainingRun.Trigger.REVIEW, status=TrainingRun.Status.QUEUED
+    )
+    second = training_run_execute(run_id=second.pk)
+
+    # then: a run queued by marks never trains a whole model: the marks wait for the next one
+    assert second.status == TrainingRun.Status.SKIPPED
+    assert "The examples changed too" in second.reason
+    assert ModelVersion.objects.get(is_live=True) == refit
+
+
+def test_with_the_refit_after_marks_off_marks_queue_no_run(live_model, settings) -> None:
+    settings.CHATBOT_REFIT_AFTER_REVIEW_S = 0
+    conversation = Conversation.objects.create()
+    asked = [turn(conversation, text, decision="clarify").pk for text in JOBS_REVIEWED]
+
+    review_apply(message_ids=asked, verdict=Message.Review.OUT_OF_SCOPE)
+
+    assert not TrainingRun.objects.exists()
 
 
 def test_a_run_refits_only_when_nothing_but_the_out_of_scope_reviews_changed(
@@ -432,7 +466,7 @@ def test_a_run_no_worker_can_be_reached_for_fails_at_once_saying_why(
     def unreachable(*args, **kwargs):
         raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
-    monkeypatch.setattr(model_retrain, "delay", unreachable)
+    monkeypatch.setattr(model_retrain, "apply_async", unreachable)
 
     # when
     response = admin_client.post(reverse("admin:chatbot_trainingrun_start"), follow=True)
