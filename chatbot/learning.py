@@ -534,24 +534,25 @@ def training_run_request(
 ) -> TrainingRun:
     """Queue a run and hand it to a Celery worker once the transaction commits (to start
     `countdown` seconds later, when given)."""
+    run = TrainingRun.objects.create(trigger=trigger)
+    transaction.on_commit(lambda: _hand_over(run, countdown=countdown))
+    return run
+
+
+def _hand_over(run: TrainingRun, *, countdown: float | None = None) -> None:
+    """Send a queued run to a Celery worker; if no broker answers, the run fails saying so."""
     from chatbot.tasks import model_retrain
 
-    run = TrainingRun.objects.create(trigger=trigger)
-
-    def hand_over() -> None:
-        try:
-            model_retrain.apply_async(kwargs={"run_id": run.pk}, countdown=countdown)
-        except Exception as error:  # the broker is down: the run must not wait forever
-            logger.exception("Training run %s could not be handed to a worker", run.pk)
-            TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.QUEUED).update(
-                status=TrainingRun.Status.FAILED,
-                finished_at=timezone.now(),
-                error=f"No worker could be reached to run it ({error}); is the broker "
-                "(REDIS_URL, CELERY_BROKER_URL) up?",
-            )
-
-    transaction.on_commit(hand_over)
-    return run
+    try:
+        model_retrain.apply_async(kwargs={"run_id": run.pk}, countdown=countdown)
+    except Exception as error:  # the broker is down: the run must not wait forever
+        logger.exception("Training run %s could not be handed to a worker", run.pk)
+        TrainingRun.objects.filter(pk=run.pk, status=TrainingRun.Status.QUEUED).update(
+            status=TrainingRun.Status.FAILED,
+            finished_at=timezone.now(),
+            error=f"No worker could be reached to run it ({error}); is the broker "
+            "(REDIS_URL, CELERY_BROKER_URL) up?",
+        )
 
 
 def _finish(run: TrainingRun, status: str, **fields) -> TrainingRun:
@@ -606,6 +607,10 @@ def training_run_execute(
         other = TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING).first()
         if other is None:  # someone else finished or skipped this very run
             run.refresh_from_db()
+            return run
+        if run.trigger == TrainingRun.Trigger.REVIEW:
+            # Marks must not wait for the night: try again once the other run may be done.
+            _hand_over(run, countdown=max(60, settings.CHATBOT_REFIT_AFTER_REVIEW_S))
             return run
         return _finish(
             run, TrainingRun.Status.SKIPPED, reason=f"Run {other.pk} is training; one at a time."

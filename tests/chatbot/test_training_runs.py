@@ -318,6 +318,25 @@ def test_one_run_at_a_time_and_a_run_whose_worker_died_is_marked_failed(
     assert training_run_execute(run_id=queued.pk + 1000) is None
 
 
+def test_a_run_queued_by_marks_tries_again_later_when_another_is_training(
+    placeholder_live: ModelVersion, monkeypatch
+) -> None:
+    # given: a run training right now, and a run the out-of-scope marks queued
+    from chatbot.tasks import model_retrain
+
+    sent = []
+    monkeypatch.setattr(model_retrain, "apply_async", lambda **task: sent.append(task))
+    TrainingRun.objects.create(trigger="nightly", status="running", heartbeat_at=timezone.now())
+    marks = TrainingRun.objects.create(trigger=TrainingRun.Trigger.REVIEW)
+
+    # when: the worker gets to it
+    after = training_run_execute(run_id=marks.pk)
+
+    # then: not skipped (the marks would wait for the night): handed over again for later
+    assert after.status == TrainingRun.Status.QUEUED
+    assert sent == [{"kwargs": {"run_id": marks.pk}, "countdown": 60}]
+
+
 def test_a_failed_run_records_why_and_leaves_the_live_model_alone(
     knowledge_base: str, placeholder_live: ModelVersion, settings, tmp_path: Path
 ) -> None:
