@@ -15,7 +15,7 @@ import shutil
 import time
 import traceback
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -361,20 +361,11 @@ def model_train(
         if thin:
             logger.warning(left_out_note(thin))
         split = validation_split(examples)
-    train_set, val_set = split
-    store = get_runtime().models
-    metrics: dict = {}
-    out_of_scope = out_of_scope_texts()
-    version = store.write(
-        lambda directory: metrics.update(
-            train(
-                config, train_set, val_set, directory, progress=progress, out_of_scope=out_of_scope
-            )
-        )
-    )
-    return _register(
-        store.path(version),
-        metrics | {"data": data_fingerprints(train_set, val_set, out_of_scope)},
+    return _publish(
+        lambda directory, out_of_scope: train(
+            config, *split, directory, progress=progress, out_of_scope=out_of_scope
+        ),
+        split,
         base_model=config.base_model,
         kind=ModelVersion.Kind.LORA if config.lora else ModelVersion.Kind.FULL,
         promote=promote,
@@ -389,24 +380,15 @@ def model_refit(
 ) -> ModelVersion:
     """Register a version with `source`'s weights and its decision policy fitted again on the
     messages now reviewed out of scope (`split` must be the data `source` learnt from)."""
-    train_set, val_set = split
-    store = get_runtime().models
-    metrics: dict = {}
-    out_of_scope = out_of_scope_texts()
-    version = store.write(
-        lambda directory: metrics.update(
-            refit_policy(
-                Path(source.directory),
-                val_set,
-                directory,
-                out_of_scope=out_of_scope,
-                progress=progress,
-            )
-        )
-    )
-    return _register(
-        store.path(version),
-        metrics | {"data": data_fingerprints(train_set, val_set, out_of_scope)},
+    return _publish(
+        lambda directory, out_of_scope: refit_policy(
+            Path(source.directory),
+            split[1],
+            directory,
+            out_of_scope=out_of_scope,
+            progress=progress,
+        ),
+        split,
         base_model=source.base_model,
         kind=source.kind,
     )
@@ -430,11 +412,23 @@ def refits(live: ModelVersion | None, fingerprints: dict[str, str], config: Trai
     )
 
 
-def _register(
-    directory: Path, metrics: dict, *, base_model: str, kind: str, promote: bool = False
+def _publish(
+    make: Callable[[Path, list[str]], dict],
+    split: tuple[list[Example], list[Example]],
+    *,
+    base_model: str,
+    kind: str,
+    promote: bool = False,
 ) -> ModelVersion:
+    """Write a version into the model store with `make(directory, out_of_scope)` (which returns
+    its metrics) and register it, with what it learnt from."""
+    out_of_scope = out_of_scope_texts()
+    store = get_runtime().models
+    metrics: dict = {}
+    version = store.write(lambda directory: metrics.update(make(directory, out_of_scope)))
+    metrics["data"] = data_fingerprints(*split, out_of_scope)
     model_version = ModelVersion.objects.create(
-        directory=str(directory), base_model=base_model, kind=kind, metrics=metrics
+        directory=str(store.path(version)), base_model=base_model, kind=kind, metrics=metrics
     )
     logger.info("Registered %s: %s", model_version, metrics["validation"])
     if promote:
@@ -684,8 +678,9 @@ def _train_and_judge(run: TrainingRun) -> TrainingRun:
     TrainingRun.objects.filter(pk=run.pk).update(
         model_version=candidate, progress=90.0, stage="scoring", heartbeat_at=timezone.now()
     )
-    candidate_scores = model_scores(candidate.directory, val_set)
     live_scores = model_scores(live.directory, val_set) if live else None
+    # A refit shares the live model's weight files: its scores are the live model's.
+    candidate_scores = live_scores if refit else model_scores(candidate.directory, val_set)
     promote, reason = PromotionRule.from_settings().verdict(candidate_scores, live_scores)
     broken, fixed = _flips(candidate_scores, live_scores or {})
     if promote:

@@ -282,15 +282,19 @@ def _state(model) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def _validation_scores(model, batcher: Batcher, labels: np.ndarray, device: str):
+def _scores(logits: np.ndarray, labels: np.ndarray) -> dict:
     from sklearn.metrics import f1_score
 
-    logits = run_model(model, batcher, device)
     pred = logits.argmax(axis=1)
     return {
         "accuracy": float((pred == labels).mean()),
         "macro_f1": float(f1_score(labels, pred, average="macro")),
-    }, logits
+    }
+
+
+def _validation_scores(model, batcher: Batcher, labels: np.ndarray, device: str):
+    logits = run_model(model, batcher, device)
+    return _scores(logits, labels), logits
 
 
 @dataclass
@@ -329,16 +333,11 @@ def calibrate(
     model's space (the known examples of the out-of-scope check); `oos_batcher`: the messages
     reviewed out of scope, if any. What a training run and a refit of the policy share.
     """
-    from sklearn.metrics import f1_score
-
     label2id = {label: i for i, label in enumerate(labels)}
     y_val = np.array([label2id[label] for label in val_labels])
     val_logits, val_embeddings = run_model(model, val_batcher, device, both=True)
     predicted = val_logits.argmax(axis=1)
-    scores = {
-        "accuracy": float((predicted == y_val).mean()),
-        "macro_f1": float(f1_score(y_val, predicted, average="macro")),
-    }
+    scores = _scores(val_logits, y_val)
     temperature = fit_temperature(val_logits, y_val)
     probs = softmax(val_logits / temperature)
     report = compute_metrics(list(val_labels), [labels[i] for i in predicted], probs.max(axis=1))

@@ -24,6 +24,24 @@ from training.config import TrainConfig
 from training.data import Example
 from training.train import train
 
+# Outside what the demo shop's bot is for, next to what it knows (store locations, contact
+# details): questions about jobs to mark out of scope, and others like them never reviewed.
+JOBS_REVIEWED = [
+    "are you hiring at the moment",
+    "can i apply for a job in your warehouse",
+    "do you have any vacancies",
+    "i'd like to work for your company",
+    "how do i send you my cv",
+    "are there any part-time jobs at your shop",
+]
+JOBS_NEW = [
+    "any job openings?",
+    "i am looking for work, do you need staff",
+    "where can i apply to work with you",
+    "do you take on summer staff",
+    "is your store recruiting",
+]
+
 # Frames above this size are refused by daphne itself (it drops the connection); below
 # it, the consumer answers an over-long message with an error frame.
 WEBSOCKET_MAX_MESSAGE_BYTES = 262144

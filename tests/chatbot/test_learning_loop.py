@@ -31,7 +31,7 @@ from websockets.sync.client import connect
 
 from chatbot.learning import training_examples, validation_split
 from chatbot.models import Intent, Message, ModelVersion, TrainingRun
-from tests.chatbot.conftest import LiveServer, database_url, reply_row
+from tests.chatbot.conftest import JOBS_NEW, JOBS_REVIEWED, LiveServer, database_url, reply_row
 
 pytestmark = pytest.mark.server
 
@@ -46,22 +46,6 @@ GHOST_DROP = [
     "you ghost dropped my stuff",
     "is this a ghost drop",
     "ghost drop complaint",
-]
-# Outside what the shop's bot is for, next to what it knows (store locations, contact details).
-JOBS_REVIEWED = [
-    "are you hiring at the moment",
-    "can i apply for a job in your warehouse",
-    "do you have any vacancies",
-    "i'd like to work for your company",
-    "how do i send you my cv",
-    "are there any part-time jobs at your shop",
-]
-JOBS_NEW = [
-    "any job openings?",
-    "i am looking for work, do you need staff",
-    "where can i apply to work with you",
-    "do you take on summer staff",
-    "is your store recruiting",
 ]
 
 

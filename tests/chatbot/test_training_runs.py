@@ -26,28 +26,11 @@ from chatbot.learning import (
 )
 from chatbot.models import Conversation, Intent, IntentExample, Message, ModelVersion, TrainingRun
 from chatbot.runtime import get_runtime
-from tests.chatbot.conftest import turn
+from tests.chatbot.conftest import JOBS_NEW, JOBS_REVIEWED, turn
 from training.config import TrainConfig
 from training.data import Example
 from training.inference import IntentClassifier
 from training.policy import OUT_OF_SCOPE
-
-# Outside what the demo shop's bot is for: reviewed out of scope, and others like them.
-JOBS_REVIEWED = [
-    "are you hiring at the moment",
-    "can i apply for a job in your warehouse",
-    "do you have any vacancies",
-    "i'd like to work for your company",
-    "how do i send you my cv",
-    "are there any part-time jobs at your shop",
-]
-JOBS_NEW = [
-    "any job openings?",
-    "i am looking for work, do you need staff",
-    "where can i apply to work with you",
-    "do you take on summer staff",
-    "is your store recruiting",
-]
 
 
 @pytest.fixture
