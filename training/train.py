@@ -396,6 +396,7 @@ def refit_policy(
     metrics, as `train` does.
     """
     import torch
+    from transformers import AutoTokenizer
 
     from training.model import load_model
 
@@ -408,8 +409,6 @@ def refit_policy(
     report(0.05, "loading the model")
     model, meta = load_model(source, device=device)
     check_known_labels(val_examples, {label: i for i, label in enumerate(meta["labels"])})
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(source)
     max_length = meta["max_length"]
     val_batcher = Batcher(tokenizer, [e.text for e in val_examples], max_length=max_length)
