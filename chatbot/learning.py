@@ -23,6 +23,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -187,10 +188,35 @@ def left_out_note(thin: dict[str, int]) -> str:
     return f"Left out until they have {MIN_EXAMPLES_TO_TRAIN} examples: {names}."
 
 
+def out_of_scope_messages():
+    """Customer messages a model learns to decline: those reviewed as outside every intent and,
+    with CHATBOT_LEARN_FROM_DECLINES, those the bot declined in the last
+    CHATBOT_LEARN_FROM_DECLINES_DAYS days that nobody has reviewed (any verdict wins over the
+    bot's: a confirmed or relabelled message is an example, a skipped one neither). A declined
+    message that is word for word an intent's example is in scope, whatever the bot said."""
+    marked = Q(review=Message.Review.OUT_OF_SCOPE)
+    if settings.CHATBOT_LEARN_FROM_DECLINES:
+        since = timezone.now() - timedelta(days=settings.CHATBOT_LEARN_FROM_DECLINES_DAYS)
+        marked |= Q(
+            Q(review="", reply__decision=Message.Decision.OUT_OF_SCOPE, created_at__gte=since)
+            & ~Q(text__in=IntentExample.objects.values("text"))
+        )
+    return Message.objects.filter(marked, role=Message.Role.CUSTOMER)
+
+
+def out_of_scope_learnt() -> tuple[list[str], dict[str, int]]:
+    """Each out-of-scope text once, in the order first said, and how many of them an admin
+    marked (`reviewed`) and how many only the bot declined (`declined`)."""
+    rows = out_of_scope_messages().order_by("pk").values_list("text", "review")
+    texts: dict[str, bool] = {}
+    for text, review in rows:
+        texts[text] = texts.get(text, False) or review == Message.Review.OUT_OF_SCOPE
+    reviewed = sum(texts.values())
+    return list(texts), {"reviewed": reviewed, "declined": len(texts) - reviewed}
+
+
 def out_of_scope_texts() -> list[str]:
-    """Customer messages reviewed as outside every intent."""
-    rows = Message.objects.filter(role=Message.Role.CUSTOMER, review=Message.Review.OUT_OF_SCOPE)
-    return list(rows.order_by("pk").values_list("text", flat=True).distinct())
+    return out_of_scope_learnt()[0]
 
 
 def data_fingerprints(
@@ -379,7 +405,8 @@ def model_refit(
     progress: Progress | None = None,
 ) -> ModelVersion:
     """Register a version with `source`'s weights and its decision policy fitted again on the
-    messages now reviewed out of scope (`split` must be the data `source` learnt from)."""
+    out-of-scope messages now (`out_of_scope_texts`; `split` must be the data `source` learnt
+    from)."""
     return _publish(
         lambda directory, out_of_scope: refit_policy(
             Path(source.directory),
@@ -396,9 +423,9 @@ def model_refit(
 
 def refits(live: ModelVersion | None, fingerprints: dict[str, str], config: TrainConfig) -> bool:
     """Whether a run may refit the live model's policy instead of training: it learnt from the
-    same examples as now, with the same base model and kind of training, and only the messages
-    reviewed out of scope changed (which, unless they train the weights, change nothing else).
-    """
+    same examples as now, with the same base model and kind of training, and only the
+    out-of-scope messages (reviewed, or declined by the bot) changed (which, unless they train
+    the weights, change nothing else)."""
     if live is None or not (Path(live.directory) / "model.json").is_file():
         return False
     learnt = live.metrics.get("data") or {}
@@ -422,11 +449,12 @@ def _publish(
 ) -> ModelVersion:
     """Write a version into the model store with `make(directory, out_of_scope)` (which returns
     its metrics) and register it, with what it learnt from."""
-    out_of_scope = out_of_scope_texts()
+    out_of_scope, sources = out_of_scope_learnt()
     store = get_runtime().models
     metrics: dict = {}
     version = store.write(lambda directory: metrics.update(make(directory, out_of_scope)))
     metrics["data"] = data_fingerprints(*split, out_of_scope)
+    metrics["out_of_scope"] = sources  # how many texts admins marked, how many the bot declined
     model_version = ModelVersion.objects.create(
         directory=str(store.path(version)), base_model=base_model, kind=kind, metrics=metrics
     )
@@ -697,6 +725,8 @@ def _train_and_judge(run: TrainingRun) -> TrainingRun:
         "refit_seconds": candidate.metrics.get("refit_seconds") if refit else None,
         "n_train": len(train_set),
         "left_out": thin,
+        # the out-of-scope texts the candidate learnt from: marked by admins, declined by the bot
+        "out_of_scope": candidate.metrics.get("out_of_scope"),
     }
     per_intent = {
         name: {
@@ -711,7 +741,12 @@ def _train_and_judge(run: TrainingRun) -> TrainingRun:
         TrainingRun.Status.PROMOTED if promote else TrainingRun.Status.KEPT,
         metrics=summary,
         per_intent=per_intent,
-        reason=" ".join(filter(None, (_refit_note(refit, live), reason, left_out_note(thin)))),
+        reason=" ".join(
+            filter(
+                None,
+                (_refit_note(refit, live, summary["out_of_scope"]), reason, left_out_note(thin)),
+            )
+        ),
         stage="done",
     )
     try:
@@ -752,12 +787,15 @@ def _no_refit_reason(live: ModelVersion | None, fingerprints: dict[str, str]) ->
     )
 
 
-def _refit_note(refit: bool, live: ModelVersion | None) -> str:
+def _refit_note(refit: bool, live: ModelVersion | None, sources: dict | None) -> str:
     if not refit:
         return ""
+    counts = sources or {"reviewed": 0, "declined": 0}
     return (
-        f"Only the messages reviewed out of scope changed since {live} was trained: it keeps "
-        "its weights, and its decision policy was fitted again with them."
+        f"Only the out-of-scope messages (reviewed, or declined by the bot) changed since {live} "
+        "was trained: it keeps its weights, and its decision policy was fitted again with them "
+        f"({counts['reviewed']} marked by admins, {counts['declined']} declined by the bot and "
+        "not reviewed)."
     )
 
 

@@ -17,6 +17,8 @@ from chatbot.learning import (
     data_fingerprints,
     model_files_prune,
     model_promote,
+    out_of_scope_learnt,
+    out_of_scope_texts,
     refits,
     review_apply,
     trainable,
@@ -50,6 +52,12 @@ def placeholder_live(transactional_db, models_store) -> ModelVersion:
     )
     models_store.set_live(directory.name)
     return version
+
+
+def declines(version: ModelVersion, texts: list[str]) -> int:
+    """How many of `texts` the version's model declines."""
+    decisions = IntentClassifier.from_dir(version.directory).decide(texts)
+    return sum(d.decision == OUT_OF_SCOPE for d in decisions)
 
 
 def test_the_validation_split_is_fixed_by_the_words_and_keeps_every_intent() -> None:
@@ -187,7 +195,8 @@ def test_out_of_scope_marks_refit_the_live_models_policy_a_minute_later_instead_
 
     # then: a version with the live model's weights and its policy fitted with them went live
     assert run.status == TrainingRun.Status.PROMOTED, (run.reason, run.error, run.log_tail)
-    assert f"Only the messages reviewed out of scope changed since {live_model}" in run.reason
+    changed = "Only the out-of-scope messages (reviewed, or declined by the bot) changed"
+    assert f"{changed} since {live_model}" in run.reason
     assert run.metrics["refitted_from"] == live_model.pk
     assert run.metrics["train_seconds"] is None and run.metrics["refit_seconds"] > 0
     assert (run.metrics["broken"], run.metrics["fixed"]) == (0, 0)
@@ -197,14 +206,8 @@ def test_out_of_scope_marks_refit_the_live_models_policy_a_minute_later_instead_
     weights = Path("encoder", "model.safetensors")
     assert (Path(refit.directory) / weights).samefile(Path(live_model.directory) / weights)
     # then: it declines more of the questions about jobs it never saw than the model before
-    declined = {
-        version.pk: sum(
-            d.decision == OUT_OF_SCOPE
-            for d in IntentClassifier.from_dir(version.directory).decide(JOBS_NEW)
-        )
-        for version in (live_model, refit)
-    }
-    assert declined[refit.pk] > declined[live_model.pk], declined
+    declined = [declines(version, JOBS_NEW) for version in (live_model, refit)]
+    assert declined[1] > declined[0], declined
 
     # when: the next night, nothing new
     # then: nothing to do
@@ -224,6 +227,81 @@ def test_out_of_scope_marks_refit_the_live_models_policy_a_minute_later_instead_
     assert second.status == TrainingRun.Status.SKIPPED
     assert "The examples changed too" in second.reason
     assert ModelVersion.objects.get(is_live=True) == refit
+
+
+def test_what_the_bot_declined_counts_as_out_of_scope_unless_an_admin_said_otherwise(
+    db, settings
+) -> None:
+    # given: the bot declined some messages, answered or asked about others, and an admin
+    # reviewed a few of each
+    settings.CHATBOT_LEARN_FROM_DECLINES, settings.CHATBOT_LEARN_FROM_DECLINES_DAYS = True, 30
+    parcel = Intent.objects.create(name="missing_package")
+    conversation = Conversation.objects.create()
+    declined = [turn(conversation, t, decision="out_of_scope") for t in ("jobs?", "a cv", "jobs?")]
+    turn(conversation, "where is my parcel", decision="answer", intent=parcel)
+    turn(conversation, "parcel or refund", decision="clarify", intent=parcel)
+    marked = turn(conversation, "do you sell cars", decision="answer", intent=parcel)
+    confirmed = turn(conversation, "my parcel never came", decision="out_of_scope", intent=parcel)
+    skipped = turn(conversation, "hmm", decision="out_of_scope")
+    known = turn(conversation, "where is my parcel", decision="out_of_scope")
+    IntentExample.objects.create(intent=parcel, text="where is my parcel")
+    old = turn(conversation, "last season's question", decision="out_of_scope")
+    Message.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=31))
+    review_apply(message_ids=[marked.pk], verdict=Message.Review.OUT_OF_SCOPE)
+    review_apply(message_ids=[confirmed.pk], verdict=Message.Review.CONFIRMED)
+    review_apply(message_ids=[skipped.pk], verdict=Message.Review.SKIPPED)
+    turn(conversation, "do you sell cars", decision="out_of_scope")  # marked when said before
+
+    # then: a run learns the admin's mark and the bot's unreviewed declines of the last 30
+    # days, each text once; not what an admin confirmed or skipped, nor older declines, nor
+    # one that is an intent's example word for word
+    assert out_of_scope_learnt() == (
+        ["jobs?", "a cv", "do you sell cars"],
+        {"reviewed": 1, "declined": 2},
+    )
+    assert declined[0].text == declined[2].text and known.text not in out_of_scope_texts()
+
+    # then: with the setting off, only what admins marked
+    settings.CHATBOT_LEARN_FROM_DECLINES = False
+    assert out_of_scope_learnt() == (["do you sell cars"], {"reviewed": 1, "declined": 0})
+
+
+def test_the_bots_own_declines_refit_its_policy_at_night_with_nobody_reviewing(
+    live_model: ModelVersion, settings
+) -> None:
+    # given: customers asked about jobs and the bot declined those questions; nobody reviewed
+    settings.CHATBOT_LEARN_FROM_DECLINES = True
+    conversation = Conversation.objects.create()
+    for text in JOBS_REVIEWED:
+        turn(conversation, text, decision="out_of_scope")
+    turn(conversation, "where is my parcel", decision="answer")
+
+    # when: the nightly run
+    run = training_run_execute()
+
+    # then: the live model's policy is fitted again with them, and it went live
+    assert run.status == TrainingRun.Status.PROMOTED, (run.reason, run.error, run.log_tail)
+    assert f"(0 marked by admins, {len(JOBS_REVIEWED)} declined by the bot" in run.reason
+    assert run.metrics["refitted_from"] == live_model.pk
+    assert run.metrics["out_of_scope"] == {"reviewed": 0, "declined": len(JOBS_REVIEWED)}
+    refit = run.model_version
+    assert refit.metrics["n_out_of_scope"] == len(JOBS_REVIEWED)
+    # then: it declines more of the questions about jobs it never saw than the model before
+    declined = [declines(version, JOBS_NEW) for version in (live_model, refit)]
+    assert declined[1] > declined[0], declined
+
+    # when: the next night, with nothing new
+    # then: nothing to do
+    assert training_run_execute().status == TrainingRun.Status.SKIPPED
+
+    # when: the operator turns the learning from declines off
+    settings.CHATBOT_LEARN_FROM_DECLINES = False
+    off = training_run_execute()
+
+    # then: the next run fits the policy again without them
+    assert off.status == TrainingRun.Status.PROMOTED, (off.reason, off.error)
+    assert off.model_version.metrics["n_out_of_scope"] == 0
+    assert off.metrics["out_of_scope"] == {"reviewed": 0, "declined": 0}
 
 
 def test_with_the_refit_after_marks_off_marks_queue_no_run(live_model, settings) -> None:
