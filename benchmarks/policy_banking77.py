@@ -41,6 +41,12 @@ beside them, which the admin would confirm or relabel, are counted, not fed back
 With --unknown-share S (with --nights), the held-out intents' rows arrive night by night, as a
 company's new topics do among the ones it knows: each night a fresh draw of them making share S
 of the night's traffic beside the in-scope validation split; the page holds all arrived so far.
+With --review-from self (and --unknown-share), nobody reviews: each night the bot marks out of
+scope everything it declined in that night's traffic, in-scope messages included, as the
+product does by itself (CHATBOT_LEARN_FROM_DECLINES). The known topics' traffic must then be
+messages the policy is neither fitted nor judged on: it is half of each known intent's test
+messages, a fresh share of them each night, and the figures are measured on the other half and
+on every held-out intent's test message (night 0 included, so compare within one run).
 --skip-coverage leaves (1) out (and the all-77 model's accuracy with it); --keep-models DIR keeps
 the models trained (benchmarks/policy_refit_banking77.py refits their policies);
 --zero-shot-model DIR measures a kept night-0 model of the same seed instead of training it.
@@ -313,6 +319,7 @@ def nightly_runs(
     out_of_scope_weight: float | None = None,
     zero_shot_model: Path | None = None,
     train_each_night: bool = False,
+    known_traffic: list | None = None,
 ):
     """The loop as a company runs it: the zero-shot model, then each night `per_night` more of
     each held-out intent's rows reviewed out of scope, drawn from those the last model
@@ -326,14 +333,20 @@ def nightly_runs(
     With `unknown_share`, the held-out intents' rows arrive night by night instead of all at
     once: each night a fresh draw of them, as many as make that share of a night's traffic
     beside the in-scope validation split (the known topics' traffic, the same every night);
-    the page holds every night's arrivals so far, as the product keeps unreviewed messages."""
+    the page holds every night's arrivals so far, as the product keeps unreviewed messages.
+
+    With `review_from="self"` nobody reviews: each night the bot marks out of scope every
+    message it declined in that night's traffic (`known_traffic` split into `nights` equal
+    parts, none seen twice, beside that night's arrivals), as the product does with
+    CHATBOT_LEARN_FROM_DECLINES, in-scope ones included."""
     held_out = held_out_intents(examples, seed)
     pick = random.Random(seed + 1)
     reviewed: list = []
     arrivals, arrived = None, None
     if unknown_share is not None:
         _, val = in_scope_split(examples, held_out)
-        per_night_arrivals = round(unknown_share / (1 - unknown_share) * len(val))
+        known_per_night = len(val) if known_traffic is None else len(known_traffic) // nights
+        per_night_arrivals = round(unknown_share / (1 - unknown_share) * known_per_night)
         arrivals = [e for e in examples if e.label in held_out]
         random.Random(seed + 2).shuffle(arrivals)
         if per_night_arrivals * nights > len(arrivals):
@@ -341,6 +354,7 @@ def nightly_runs(
                 f"{nights} nights of {per_night_arrivals} arrivals need more than the "
                 f"{len(arrivals)} held-out rows"
             )
+    known = {e.text for e in examples if e.label not in held_out}
     encoder = None
     if review_from in ("groups", *WHOLE_GROUPS):
         from retrieval.encoder import SentenceEncoder
@@ -355,7 +369,25 @@ def nightly_runs(
         if arrivals is not None:
             arrived = arrivals[: night * per_night_arrivals]
         shown, look_alike_texts = {}, set()
-        if encoder is None:
+        if review_from == "self":
+            tonight_known = known_traffic[(night - 1) * known_per_night : night * known_per_night]
+            traffic = tonight_known + arrived[(night - 1) * per_night_arrivals :]
+            decisions = IntentClassifier.from_dir(Path(run["directory"])).decide(
+                [e.text for e in traffic]
+            )
+            # as the product: never a text that is a known intent's example word for word
+            pool = [
+                e
+                for e, d in zip(traffic, decisions, strict=True)
+                if d.decision == OUT_OF_SCOPE and e.text not in seen and e.text not in known
+            ]
+            shown = {
+                "traffic": len(traffic),
+                "traffic_held_out": sum(e.label in held_out for e in traffic),
+                "marked_held_out": sum(e.label in held_out for e in pool),
+                "marked_in_scope": sum(e.label not in held_out for e in pool),
+            }
+        elif encoder is None:
             pool = [
                 e
                 for e in declined_rows(examples, seed, Path(run["directory"]), arrived)
@@ -377,7 +409,7 @@ def nightly_runs(
             f"({review_from}) {json.dumps(shown)}",
             flush=True,
         )
-        if review_from in WHOLE_GROUPS:
+        if review_from in (*WHOLE_GROUPS, "self"):
             tonight = pool
         else:
             tonight = reviewed_rows(pool, held_out, per_night, pick)
@@ -390,7 +422,7 @@ def nightly_runs(
             workdir,
             seed,
             all_intents_pred,
-            0 if review_from in WHOLE_GROUPS else per_night * night,
+            0 if review_from in (*WHOLE_GROUPS, "self") else per_night * night,
             [e.text for e in reviewed],
             reviewed_from=f"{review_from}, {night} night(s)",
             out_of_scope_weight=out_of_scope_weight,
@@ -423,12 +455,14 @@ def main() -> None:
     parser.add_argument("--per-night", type=int, default=3)
     parser.add_argument(
         "--review-from",
-        choices=("declined", "groups", "whole-groups", "queue-and-groups"),
+        choices=("declined", "groups", "whole-groups", "queue-and-groups", "self"),
         default="declined",
         help="with --nights: what an admin reaches, the declined rows, or also the look-alikes "
         "that Candidate new intents lists under each group; whole-groups: the admin marks each "
         "group of a held-out topic whole, with its listed look-alikes (no --per-night limit); "
-        "queue-and-groups: that, and every declined held-out row of the review queue",
+        "queue-and-groups: that, and every declined held-out row of the review queue; self: "
+        "no admin, the bot marks all it declined (needs --unknown-share; the known topics' "
+        "traffic is half of test.csv's in-scope messages, judged on the other half)",
     )
     parser.add_argument(
         "--unknown-share",
@@ -469,6 +503,22 @@ def main() -> None:
     config = TrainConfig()
     train, val = stratified_split(examples, val_fraction=config.val_fraction, seed=config.seed)
     results = {}
+    known_traffic = None
+    judged = np.ones(len(test), bool)
+    if args.review_from == "self":
+        if not (args.nights and args.unknown_share):
+            parser.error("--review-from self needs --nights and --unknown-share")
+        # The known topics' traffic must be messages the policy is neither fitted nor judged
+        # on: half of each known intent's test messages; the other half, and every held-out
+        # intent's test message, are judged.
+        held_out = held_out_intents(examples, args.seed)
+        pick = random.Random(args.seed + 3)
+        for label in sorted({e.label for e in test} - held_out):
+            rows = [i for i, e in enumerate(test) if e.label == label]
+            judged[pick.sample(rows, len(rows) // 2)] = False
+        known_traffic = [e for e, j in zip(test, judged, strict=True) if not j]
+        random.Random(args.seed + 4).shuffle(known_traffic)
+        test = [e for e, j in zip(test, judged, strict=True) if j]
     if args.keep_models:
         args.keep_models.mkdir(parents=True, exist_ok=True)
     with (
@@ -495,6 +545,7 @@ def main() -> None:
                 args.out_of_scope_weight,
                 args.zero_shot_model,
                 args.train_each_night,
+                known_traffic,
             )
             if args.nights
             else (
@@ -545,12 +596,17 @@ def print_holdout(runs: list[dict]) -> None:
             "whole-groups": "whole groups and their look-alikes",
             "queue-and-groups": "whole groups, their look-alikes and the queue's declined rows",
         }
-        source = (
-            f" among {reach[loop.split(', ')[0]]}, {loop.split(', ')[1]}" if loop != "all" else ""
-        )
         n = h["reviewed_out_of_scope"]
-        each = f"{k} of each " if k else ""
-        when = f"{each}reviewed{source}, {n} in all" if n else "none reviewed"
+        if loop.startswith("self, "):
+            when = f"nobody reviewing; the bot's own declines of {loop[6:]}, {n} in all"
+        else:
+            source = (
+                f" among {reach[loop.split(', ')[0]]}, {loop.split(', ')[1]}"
+                if loop != "all"
+                else ""
+            )
+            each = f"{k} of each " if k else ""
+            when = f"{each}reviewed{source}, {n} in all" if n else "none reviewed"
         print(f"| out-of-scope recall, 10 held-out intents ({when}) | {h['oos_recall']:.2%} |")
         print(f"| out-of-scope precision ({when}) | {h['oos_precision']:.2%} |")
         print(

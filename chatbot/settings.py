@@ -239,7 +239,7 @@ CHATBOT_REFIT_AFTER_REVIEW_S = int(env("CHATBOT_REFIT_AFTER_REVIEW_S", "60"))
 # The bot's own declines: customer messages it declined in the last DAYS days that nobody has
 # reviewed count as out of scope for the nightly run, beside the admins' marks (an admin's
 # verdict on one wins). A new topic arrives many times and the bot declines some of each; they
-# teach it to decline the rest (README, "Learning from its own declines").
+# teach it to decline the rest (README, "The bot learns from its own declines").
 CHATBOT_LEARN_FROM_DECLINES = env_bool("CHATBOT_LEARN_FROM_DECLINES", True)
 CHATBOT_LEARN_FROM_DECLINES_DAYS = int(env("CHATBOT_LEARN_FROM_DECLINES_DAYS", "30"))
 CHATBOT_PROMOTE_MAX_F1_DROP = float(env("CHATBOT_PROMOTE_MAX_F1_DROP", "0.5"))
