@@ -39,24 +39,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.oos_scores_banking77 import holdout_split
 from retrieval.groups import alike_groups
+from training.data import stratified_split
 from training.inference import IntentClassifier
 from training.policy import fit_policy
 from training.train import knn_similarity, nearest_out_of_scope, softmax
 
 
 def halves(rows, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row numbers of two halves of `rows`, each intent split between them."""
-    by_label: dict[str, list[int]] = {}
-    for i, e in enumerate(rows):
-        by_label.setdefault(e.label, []).append(i)
-    pick = random.Random(seed)
-    first, second = [], []
-    for label in sorted(by_label):
-        group = by_label[label][:]
-        pick.shuffle(group)
-        first += group[: len(group) // 2]
-        second += group[len(group) // 2 :]
-    return np.array(sorted(first)), np.array(sorted(second))
+    """Row numbers of two halves of `rows`, each intent split between them (as training splits
+    off its validation messages)."""
+    index = {id(e): i for i, e in enumerate(rows)}
+    first, second = stratified_split(rows, val_fraction=0.5, seed=seed)
+    return tuple(np.array(sorted(index[id(e)] for e in half)) for half in (first, second))
 
 
 @dataclass(frozen=True)

@@ -726,7 +726,7 @@ def _train_and_judge(run: TrainingRun) -> TrainingRun:
         "n_train": len(train_set),
         "left_out": thin,
         # the out-of-scope texts the candidate learnt from: marked by admins, declined by the bot
-        "out_of_scope": candidate.metrics.get("out_of_scope"),
+        "out_of_scope": candidate.metrics["out_of_scope"],
     }
     per_intent = {
         name: {
@@ -787,10 +787,9 @@ def _no_refit_reason(live: ModelVersion | None, fingerprints: dict[str, str]) ->
     )
 
 
-def _refit_note(refit: bool, live: ModelVersion | None, sources: dict | None) -> str:
+def _refit_note(refit: bool, live: ModelVersion | None, counts: dict[str, int]) -> str:
     if not refit:
         return ""
-    counts = sources or {"reviewed": 0, "declined": 0}
     return (
         f"Only the out-of-scope messages (reviewed, or declined by the bot) changed since {live} "
         "was trained: it keeps its weights, and its decision policy was fitted again with them "
