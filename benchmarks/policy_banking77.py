@@ -47,6 +47,12 @@ product does by itself (CHATBOT_LEARN_FROM_DECLINES). The known topics' traffic 
 messages the policy is neither fitted nor judged on: it is half of each known intent's test
 messages, a fresh share of them each night, and the figures are measured on the other half and
 on every held-out intent's test message (night 0 included, so compare within one run).
+With --review-from feedback, the same, and the customers say whether the answers helped (the
+widget's buttons): each wrong answer of the night's traffic (another intent's answer to a
+held-out intent's message, or a wrong intent's to a known one) gets a "no" with probability
+--said-no (0.5), a right one with 0.05, and the admin reviews only those: marks the held-out
+intents' messages out of scope (the in-scope ones, relabelled or confirmed, teach the policy
+nothing and are only counted).
 --skip-coverage leaves (1) out (and the all-77 model's accuracy with it); --keep-models DIR keeps
 the models trained (benchmarks/policy_refit_banking77.py refits their policies);
 --zero-shot-model DIR measures a kept night-0 model of the same seed instead of training it.
@@ -79,6 +85,11 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bankin
 HELD_OUT = 10
 # --review-from choices where the admin handles whole groups (no --per-night limit)
 WHOLE_GROUPS = ("whole-groups", "queue-and-groups")
+# --review-from choices where the bot marks its own declines (no admin, or one who reads only
+# what the customers said did not help)
+SELF_MARKING = ("self", "feedback")
+# How often a customer says that a right answer did not help (--review-from feedback)
+SAID_NO_TO_RIGHT = 0.05
 
 
 def coverage_run(train, val, test, workdir: Path) -> tuple[dict, np.ndarray]:
@@ -320,6 +331,7 @@ def nightly_runs(
     zero_shot_model: Path | None = None,
     train_each_night: bool = False,
     known_traffic: list | None = None,
+    said_no: float = 0.5,
 ):
     """The loop as a company runs it: the zero-shot model, then each night `per_night` more of
     each held-out intent's rows reviewed out of scope, drawn from those the last model
@@ -338,7 +350,9 @@ def nightly_runs(
     With `review_from="self"` nobody reviews: each night the bot marks out of scope every
     message it declined in that night's traffic (`known_traffic` split into `nights` equal
     parts, none seen twice, beside that night's arrivals), as the product does with
-    CHATBOT_LEARN_FROM_DECLINES, in-scope ones included."""
+    CHATBOT_LEARN_FROM_DECLINES, in-scope ones included; with "feedback", also the held-out
+    intents' messages it answered that the customer said did not help (each wrong answer with
+    probability `said_no`), which an admin reviewing those marks out of scope."""
     held_out = held_out_intents(examples, seed)
     pick = random.Random(seed + 1)
     reviewed: list = []
@@ -369,7 +383,7 @@ def nightly_runs(
         if arrivals is not None:
             arrived = arrivals[: night * per_night_arrivals]
         shown, look_alike_texts = {}, set()
-        if review_from == "self":
+        if review_from in SELF_MARKING:
             tonight_known = known_traffic[(night - 1) * known_per_night : night * known_per_night]
             traffic = tonight_known + arrived[(night - 1) * per_night_arrivals :]
             decisions = IntentClassifier.from_dir(Path(run["directory"])).decide(
@@ -387,6 +401,25 @@ def nightly_runs(
                 "marked_held_out": sum(e.label in held_out for e in pool),
                 "marked_in_scope": sum(e.label not in held_out for e in pool),
             }
+            if review_from == "feedback":
+                customers = random.Random(seed * 1000 + night)
+                no = [
+                    (e, d.prediction.intent != e.label)
+                    for e, d in zip(traffic, decisions, strict=True)
+                    if d.decision == ANSWER
+                    and customers.random()
+                    < (said_no if d.prediction.intent != e.label else SAID_NO_TO_RIGHT)
+                ]
+                taken = seen | {e.text for e in pool} | known
+                reviewed_no = [e for e, _ in no if e.label in held_out and e.text not in taken]
+                pool += reviewed_no
+                shown |= {
+                    "said_no": len(no),
+                    "said_no_held_out": sum(e.label in held_out for e, _ in no),
+                    "said_no_in_scope_wrong": sum(e.label not in held_out and w for e, w in no),
+                    "said_no_in_scope_right": sum(not w for _, w in no),
+                    "admin_marked_out_of_scope": len(reviewed_no),
+                }
         elif encoder is None:
             pool = [
                 e
@@ -409,7 +442,7 @@ def nightly_runs(
             f"({review_from}) {json.dumps(shown)}",
             flush=True,
         )
-        if review_from in (*WHOLE_GROUPS, "self"):
+        if review_from in (*WHOLE_GROUPS, *SELF_MARKING):
             tonight = pool
         else:
             tonight = reviewed_rows(pool, held_out, per_night, pick)
@@ -422,7 +455,7 @@ def nightly_runs(
             workdir,
             seed,
             all_intents_pred,
-            0 if review_from in (*WHOLE_GROUPS, "self") else per_night * night,
+            0 if review_from in (*WHOLE_GROUPS, *SELF_MARKING) else per_night * night,
             [e.text for e in reviewed],
             reviewed_from=f"{review_from}, {night} night(s)",
             out_of_scope_weight=out_of_scope_weight,
@@ -455,14 +488,23 @@ def main() -> None:
     parser.add_argument("--per-night", type=int, default=3)
     parser.add_argument(
         "--review-from",
-        choices=("declined", "groups", "whole-groups", "queue-and-groups", "self"),
+        choices=("declined", "groups", "whole-groups", "queue-and-groups", *SELF_MARKING),
         default="declined",
         help="with --nights: what an admin reaches, the declined rows, or also the look-alikes "
         "that Candidate new intents lists under each group; whole-groups: the admin marks each "
         "group of a held-out topic whole, with its listed look-alikes (no --per-night limit); "
         "queue-and-groups: that, and every declined held-out row of the review queue; self: "
         "no admin, the bot marks all it declined (needs --unknown-share; the known topics' "
-        "traffic is half of test.csv's in-scope messages, judged on the other half)",
+        "traffic is half of test.csv's in-scope messages, judged on the other half); "
+        "feedback: that, and an admin marks the held-out messages whose answers the "
+        "customers said did not help",
+    )
+    parser.add_argument(
+        "--said-no",
+        type=float,
+        default=0.5,
+        help="with --review-from feedback: how often a customer says a wrong answer did not "
+        f"help (a right one: {SAID_NO_TO_RIGHT})",
     )
     parser.add_argument(
         "--unknown-share",
@@ -505,9 +547,9 @@ def main() -> None:
     results = {}
     known_traffic = None
     judged = np.ones(len(test), bool)
-    if args.review_from == "self":
+    if args.review_from in SELF_MARKING:
         if not (args.nights and args.unknown_share):
-            parser.error("--review-from self needs --nights and --unknown-share")
+            parser.error(f"--review-from {args.review_from} needs --nights and --unknown-share")
         # The known topics' traffic must be messages the policy is neither fitted nor judged
         # on: half of each known intent's test messages; the other half, and every held-out
         # intent's test message, are judged.
@@ -546,6 +588,7 @@ def main() -> None:
                 args.zero_shot_model,
                 args.train_each_night,
                 known_traffic,
+                args.said_no,
             )
             if args.nights
             else (
@@ -599,6 +642,11 @@ def print_holdout(runs: list[dict]) -> None:
         n = h["reviewed_out_of_scope"]
         if loop.startswith("self, "):
             when = f"nobody reviewing; the bot's own declines of {loop[6:]}, {n} in all"
+        elif loop.startswith("feedback, "):
+            when = (
+                f"the bot's own declines and the answers customers said did not help, "
+                f"{loop[10:]}, {n} in all"
+            )
         else:
             source = (
                 f" among {reach[loop.split(', ')[0]]}, {loop.split(', ')[1]}"

@@ -47,6 +47,7 @@ BOT_DECISION_FIELDS = (
     "index_version",
     "latency_ms",
     "timings",
+    "helpful",
 )
 
 
@@ -100,7 +101,16 @@ class MessageInline(admin.TabularInline):
     model = Message
     extra = 0
     can_delete = False
-    fields = ("created_at", "role", "text", "decision", "intent", "confidence", "latency_ms")
+    fields = (
+        "created_at",
+        "role",
+        "text",
+        "decision",
+        "intent",
+        "confidence",
+        "helpful",
+        "latency_ms",
+    )
     readonly_fields = fields
     ordering = ("created_at", "id")
     show_change_link = True
@@ -115,20 +125,36 @@ def _bot_messages(**lookups) -> Exists:
     )
 
 
-class HandedOffFilter(admin.SimpleListFilter):
-    title = "handed off"
-    parameter_name = "handed_off"
+class BotMessagesFilter(admin.SimpleListFilter):
+    """Conversations with ("yes") or without ("no") a bot message matching `bot_messages`."""
+
+    bot_messages: dict
+    labels: tuple[str, str]
 
     def lookups(self, request, model_admin):
-        return [("yes", "Handed off at some point"), ("no", "Never handed off")]
+        return [("yes", self.labels[0]), ("no", self.labels[1])]
 
     def queryset(self, request, queryset):
-        handed_off = _bot_messages(decision=Message.Decision.HANDOFF)
+        matching = _bot_messages(**self.bot_messages)
         if self.value() == "yes":
-            return queryset.filter(handed_off)
+            return queryset.filter(matching)
         if self.value() == "no":
-            return queryset.exclude(handed_off)
+            return queryset.exclude(matching)
         return queryset
+
+
+class HandedOffFilter(BotMessagesFilter):
+    title = "handed off"
+    parameter_name = "handed_off"
+    bot_messages = {"decision": Message.Decision.HANDOFF}
+    labels = ("Handed off at some point", "Never handed off")
+
+
+class NotHelpfulFilter(BotMessagesFilter):
+    title = "customer feedback"
+    parameter_name = "not_helpful"
+    bot_messages = {"helpful": False}
+    labels = ("An answer did not help", "No answer said not to help")
 
 
 class IntentFilter(admin.SimpleListFilter):
@@ -202,6 +228,7 @@ CSV_COLUMNS = (
     "template_id",
     "model_version_id",
     "latency_ms",
+    "helpful",
     "review",
     "reviewed_intent",
 )
@@ -239,6 +266,7 @@ def export_csv(modeladmin, request: HttpRequest, queryset: QuerySet[Conversation
                 m.template_id or "",
                 m.model_version_id or "",
                 "" if m.latency_ms is None else m.latency_ms,
+                "" if m.helpful is None else m.helpful,
                 m.review,
                 m.reviewed_intent.name if m.reviewed_intent else "",
             ]
@@ -263,6 +291,7 @@ class ConversationAdmin(ExtraViews, DistinctSearchMixin, admin.ModelAdmin):
     list_filter = (
         "status",
         HandedOffFilter,
+        NotHelpfulFilter,
         ReviewedFilter,
         IntentFilter,
         ConfidenceFilter,
@@ -417,10 +446,11 @@ class MessageAdmin(admin.ModelAdmin):
         "decision",
         "intent",
         "confidence",
+        "helpful",
         "latency_ms",
         "conversation",
     )
-    list_filter = ("role", "decision", "intent", "created_at")
+    list_filter = ("role", "decision", "helpful", "intent", "created_at")
     date_hierarchy = "created_at"
     search_fields = ("text",)
     list_select_related = ("intent", "conversation")
@@ -540,6 +570,21 @@ class ReviewStateFilter(admin.SimpleListFilter):
         return queryset
 
 
+class AnswerHelpedFilter(admin.SimpleListFilter):
+    title = "customer said the answer"
+    parameter_name = "helped"
+
+    def lookups(self, request, model_admin):
+        return [("no", "Did not help"), ("yes", "Helped"), ("unsaid", "Said nothing")]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("yes", "no"):
+            return queryset.filter(reply__helpful=self.value() == "yes")
+        if self.value() == "unsaid":
+            return queryset.filter(reply__helpful__isnull=True)
+        return queryset
+
+
 @admin.register(ReviewItem)
 class ReviewQueueAdmin(ExtraViews, admin.ModelAdmin):
     """Customer messages, the most useful to label first; each verdict teaches the next model."""
@@ -552,13 +597,14 @@ class ReviewQueueAdmin(ExtraViews, admin.ModelAdmin):
         "predicted",
         "bot_confidence",
         "bot_decision",
+        "answer_helped",
         "retriever",
         "review_priority",
         "review",
         "reviewed_intent",
         "conversation_link",
     )
-    list_filter = (ReviewStateFilter, "reply__decision", "created_at")
+    list_filter = (ReviewStateFilter, "reply__decision", AnswerHelpedFilter, "created_at")
     search_fields = ("text",)
     ordering = ("-review_priority", "-created_at")
     list_per_page = 50
@@ -679,6 +725,11 @@ class ReviewQueueAdmin(ExtraViews, admin.ModelAdmin):
     @admin.display(description="Decision", ordering="reply__decision")
     def bot_decision(self, obj: ReviewItem) -> str:
         return obj.reply.get_decision_display()
+
+    @admin.display(description="Helped?", boolean=True, ordering="reply__helpful")
+    def answer_helped(self, obj: ReviewItem) -> bool | None:
+        """What the customer said of the bot's answer (empty: nothing)."""
+        return obj.reply.helpful
 
     @admin.display(description="Nearest example's intent")
     def retriever(self, obj: ReviewItem) -> str:

@@ -153,12 +153,23 @@ NO_TEMPLATE_TEXT = (
 HANDOFF_AFTER_FAILURES_TEXT = (
     "I'm sorry I couldn't help. I'm passing you to a person on our team; they will reply here."
 )
+# What the widget shows when the customer says an answer did not help (never stored).
+NOT_HELPFUL_TEXT = "Sorry that didn't help. You could ask it in other words"
 
 
 class Agent:
     def __init__(self, runtime: Runtime | None = None, *, handoff_intent: str = "") -> None:
         self.runtime = runtime or get_runtime()
         self.handoff_intent = handoff_intent or settings.CHATBOT_HANDOFF_INTENT
+
+    def not_helpful(self) -> tuple[str, tuple[str, ...]]:
+        """What the bot says, and offers, when the customer says an answer did not help: ask in
+        other words, or talk to a person (when the knowledge base can hand off). Reads the
+        live index, which may load it: call it off the event loop."""
+        index = self.runtime.index()
+        if index is not None and self.handoff_intent in index.examples.ids_by_intent:
+            return f"{NOT_HELPFUL_TEXT}, or talk to a person on our team.", (TALK_TO_PERSON_LABEL,)
+        return f"{NOT_HELPFUL_TEXT}.", ()
 
     def analyse(self, text: str) -> asyncio.Future[Batched[Analysis]]:
         """Start reading `text` with the models now, so that it can run while the message is

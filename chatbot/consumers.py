@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -156,10 +157,34 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     conversation_id=await self.started(), score=score
                 )
                 await self.send_json({"type": "rated", "score": score})
+            case protocol.Feedback():
+                await self.feedback(frame)
             case protocol.Ping():
                 await self.send_json({"type": "pong"})
             case protocol.Typing():
                 await self.customer_typing()
+
+    async def feedback(self, frame: protocol.Feedback) -> None:
+        """The customer says whether one of the bot's answers helped. When it did not, and the
+        bot still has the conversation, the widget offers what to do next (not stored)."""
+        status = self.conversation.pk and await db_async(services.reply_feedback_store)(
+            conversation_id=self.conversation.pk, reply_id=frame.reply_id, helpful=frame.helpful
+        )
+        if not status:
+            error = protocol.ProtocolError(
+                "unknown_reply", "This conversation has no answer of the bot with that id."
+            )
+            await self.send_json(error.frame())
+            return
+        said: dict[str, Any] = {
+            "type": "feedback",
+            "message": str(frame.reply_id),
+            "helpful": frame.helpful,
+        }
+        if not frame.helpful and status == Conversation.Status.BOT:
+            text, suggestions = await asyncio.to_thread(self.agent.not_helpful)
+            said |= {"text": text, "suggestions": list(suggestions)}
+        await self.send_json(said)
 
     async def customer_typing(self) -> None:
         """The customer is writing: the conversation's open admin pages show it (nothing is

@@ -212,6 +212,14 @@ class Message(models.Model):
     )
     latency_ms = models.FloatField(null=True, blank=True)
     timings = models.JSONField(default=dict, blank=True, help_text="Per-stage milliseconds.")
+    helpful = models.BooleanField(
+        null=True,
+        blank=True,
+        help_text="What the customer said of this answer in the widget (Helpful / Not "
+        "helpful); empty when they said nothing. An answer that did not help counts as a "
+        "failure toward the hand-off, and puts the message it answered near the top of the "
+        "review queue.",
+    )
 
     # Review (customer turns only).
     review_priority = models.FloatField(

@@ -46,6 +46,14 @@ class Rating:
 
 
 @dataclass(frozen=True)
+class Feedback:
+    """The customer's verdict on one of the bot's answers: did it help?"""
+
+    reply_id: int
+    helpful: bool
+
+
+@dataclass(frozen=True)
 class Ping:
     pass
 
@@ -56,7 +64,7 @@ class Typing:
     on the conversation's admin page): the other side shows it for a few seconds."""
 
 
-ClientFrame = CustomerText | Rating | Ping | Typing
+ClientFrame = CustomerText | Rating | Feedback | Ping | Typing
 
 
 def parse_client_frame(raw: str) -> ClientFrame:
@@ -76,6 +84,8 @@ def parse_client_frame(raw: str) -> ClientFrame:
         if not isinstance(score, int) or isinstance(score, bool) or not 1 <= score <= 5:
             raise ProtocolError("invalid_rating", "'score' must be a whole number from 1 to 5.")
         return Rating(score)
+    if kind == "feedback":
+        return _parse_feedback(data)
     if kind == "ping":
         return Ping()
     if kind == "typing":
@@ -83,7 +93,7 @@ def parse_client_frame(raw: str) -> ClientFrame:
     shown = repr(kind) if len(repr(kind)) <= 40 else repr(kind)[:37] + "..."
     raise ProtocolError(
         "unknown_type",
-        f"Unknown frame type {shown}; expected 'message', 'typing', 'rate' or 'ping'.",
+        f"Unknown frame type {shown}; expected message, typing, feedback, rate or ping.",
     )
 
 
@@ -121,6 +131,29 @@ def _parse_message(data: dict[str, Any]) -> CustomerText:
     return CustomerText(text=text, client_id=client_id)
 
 
+# The longest id a reply can have (a bigint's digits): anything longer is no id of ours.
+MAX_REPLY_ID_DIGITS = 19
+
+
+def _parse_feedback(data: dict[str, Any]) -> Feedback:
+    reply = data.get("message")
+    helpful = data.get("helpful")
+    if isinstance(reply, int) and not isinstance(reply, bool):
+        reply = str(reply)
+    if (
+        not isinstance(reply, str)
+        or not reply.isascii()
+        or not reply.isdigit()
+        or len(reply) > MAX_REPLY_ID_DIGITS
+        or not isinstance(helpful, bool)
+    ):
+        raise ProtocolError(
+            "invalid_feedback",
+            "'message' must be the id of one of the bot's replies and 'helpful' true or false.",
+        )
+    return Feedback(reply_id=int(reply), helpful=helpful)
+
+
 def _encodable(text: str) -> bool:
     """False for a string holding half of a UTF-16 pair (JSON's "\\ud800"), which is no
     character: neither the tokenizer nor the database can take it."""
@@ -134,8 +167,9 @@ def _encodable(text: str) -> bool:
 
 
 def message_frame(message: Message) -> dict[str, Any]:
-    """A stored message as it appears in the history frame."""
-    return {
+    """A stored message as it appears in the history frame; a bot reply also says what the bot
+    decided and what the customer said of it (`helpful`: true, false, or null)."""
+    frame = {
         "id": str(message.pk),
         "role": message.role,
         "text": message.text,
@@ -143,6 +177,9 @@ def message_frame(message: Message) -> dict[str, Any]:
         "client_id": message.client_message_id,
         "suggestions": message.suggestions,
     }
+    if message.role == Message.Role.BOT:
+        frame |= {"decision": message.decision, "helpful": message.helpful}
+    return frame
 
 
 def staff_message_frame(message: Message, *, conversation: str, status: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import connection, connections
@@ -120,14 +121,19 @@ def turn_contexts(
     ]
     top_k = Message._meta.get_field("top_k")
     statuses: dict[int, str] = {}
-    earlier: dict[int, list[tuple[str, list]]] = defaultdict(list)
+    earlier: dict[int, list[Earlier]] = defaultdict(list)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        for conversation_id, status, role, decision, offered in cursor.fetchall():
+        for conversation_id, status, role, decision, offered, helpful in cursor.fetchall():
             statuses[conversation_id] = status
             if role is not None:
                 earlier[conversation_id].append(
-                    (role, decision, top_k.from_db_value(offered, None, connection))
+                    Earlier(
+                        role,
+                        decision,
+                        top_k.from_db_value(offered, None, connection),
+                        None if helpful is None else bool(helpful),
+                    )
                 )
     return {
         m.pk: _turn_context(statuses[m.conversation_id], earlier[m.conversation_id])
@@ -144,17 +150,18 @@ def _turn_contexts_sql() -> str:
     c = {name: quote(conversation.get_field(name).column) for name in ("id", "status")}
     m = {
         name: quote(message.get_field(name).column)
-        for name in ("id", "conversation", "role", "decision", "top_k", "created_at")
+        for name in ("id", "conversation", "role", "decision", "top_k", "helpful", "created_at")
     }
     in_reply_to = quote(message.get_field("in_reply_to").column)
     return f"""
-        SELECT c.{c["id"]}, c.{c["status"]}, r.role, r.decision, r.top_k
+        SELECT c.{c["id"]}, c.{c["status"]}, r.role, r.decision, r.top_k, r.helpful
         FROM {quote(conversation.db_table)} c
         LEFT JOIN (
             SELECT m.{m["conversation"]} AS conversation_id,
                    m.{m["role"]} AS role,
                    m.{m["decision"]} AS decision,
                    m.{m["top_k"]} AS top_k,
+                   m.{m["helpful"]} AS helpful,
                    ROW_NUMBER() OVER (
                        PARTITION BY m.{m["conversation"]}
                        ORDER BY m.{m["created_at"]} DESC, m.{m["id"]} DESC
@@ -169,18 +176,38 @@ def _turn_contexts_sql() -> str:
     """
 
 
-def _turn_context(status: str, earlier: list[tuple[str, str, list]]) -> TurnContext:
-    """The context from a conversation's status and its latest replies to the customer
-    (role, decision, top_k), newest first. A person's reply or a system note (a hand-back)
-    ends the bot's run of failures, and any question it asked."""
+class Earlier(NamedTuple):
+    """One of a conversation's latest replies to the customer, as `turn_contexts` reads it."""
+
+    role: str
+    decision: str
+    top_k: list
+    helpful: bool | None  # what the customer said of it (bot answers)
+
+    @property
+    def failed(self) -> bool:
+        """A bot reply that got the customer nowhere: a question back, a decline, or an answer
+        they said did not help."""
+        return self.role == Message.Role.BOT and (
+            self.decision in FAILED_DECISIONS or self.helpful is False
+        )
+
+
+def _turn_context(status: str, earlier: list[Earlier]) -> TurnContext:
+    """The context from a conversation's status and its latest replies to the customer, newest
+    first. A person's reply or a system note (a hand-back) ends the bot's run of failures, and
+    any question it asked."""
     failures = 0
-    for role, decision, _ in earlier:
-        if role != Message.Role.BOT or decision not in FAILED_DECISIONS:
+    for reply in earlier:
+        if not reply.failed:
             break
         failures += 1
     offered = {}
-    if earlier and earlier[0][:2] == (Message.Role.BOT, Message.Decision.CLARIFY):
-        offered = {a["label"].lower(): a["intent"] for a in earlier[0][2] if a.get("label")}
+    if earlier and (earlier[0].role, earlier[0].decision) == (
+        Message.Role.BOT,
+        Message.Decision.CLARIFY,
+    ):
+        offered = {a["label"].lower(): a["intent"] for a in earlier[0].top_k if a.get("label")}
     return TurnContext(status=status, failures_in_a_row=failures, offered=offered)
 
 

@@ -15,6 +15,7 @@ from typing import NamedTuple, TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
@@ -76,6 +77,42 @@ def conversation_start(conversation: Conversation) -> None:
 
 def conversation_rate(*, conversation_id: int, score: int) -> None:
     Conversation.objects.filter(pk=conversation_id).update(rating=score)
+
+
+# How far up the review queue an answer that did not help moves the message it answered: past
+# the confident answers, beside the turns the bot was least sure of (a priority is about 0 to
+# 2.75 without it). The customer saying so is the surest sign that the bot got it wrong.
+NOT_HELPFUL_REVIEW_PRIORITY = 2.0
+
+
+def reply_feedback_store(*, conversation_id: int, reply_id: int, helpful: bool) -> str | None:
+    """Store what the customer said of one of the bot's answers in their conversation (they may
+    change their mind); the conversation's status, or None when it holds no such answer.
+
+    An answer that did not help moves the message it answered up the review queue, and counts
+    as a failure toward the hand-off (`selectors.turn_contexts`)."""
+    with transaction.atomic():
+        reply = (
+            Message.objects.select_for_update(of=("self",))
+            .filter(
+                pk=reply_id,
+                conversation_id=conversation_id,
+                role=Message.Role.BOT,
+                decision=Message.Decision.ANSWER,
+            )
+            .values("helpful", "in_reply_to_id", "conversation__status")
+            .first()
+        )
+        if reply is None:
+            return None
+        if reply["helpful"] is not helpful:
+            Message.objects.filter(pk=reply_id).update(helpful=helpful)
+            shift = NOT_HELPFUL_REVIEW_PRIORITY * ((not helpful) - (reply["helpful"] is False))
+            if shift:
+                Message.objects.filter(
+                    pk=reply["in_reply_to_id"], review_priority__isnull=False
+                ).update(review_priority=F("review_priority") + shift)
+    return reply["conversation__status"]
 
 
 def customer_message_store(

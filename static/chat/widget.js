@@ -60,6 +60,9 @@
     rateQuestion: "How did we do?",
     rateScore: (score) => `${score} out of 5`,
     rated: "Thank you for your feedback.",
+    helpful: "Helpful",
+    notHelpful: "Not helpful",
+    helpfulQuestion: "Did this answer help?",
     tooLong: (over, max) => `${over} characters too long (the limit is ${max}).`,
     charsLeft: (left) => `${left} characters left`,
     ended: "This conversation has ended. Send a message to start a new one.",
@@ -273,6 +276,8 @@
     chat: ["M21 15a2 2 0 0 1-2 2H7l-4 4V5a2 2 0 0 1 2-2h14a2 2 0 0 1 2 2z"],
     close: ["M18 6 6 18", "M6 6l12 12"],
     down: ["M6 9l6 6 6-6"],
+    thumbUp: ["M14 9V5a3 3 0 0 0-3-3l-4 9v11h11.28a2 2 0 0 0 2-1.7l1.38-9a2 2 0 0 0-2-2.3z", "M7 22H4a2 2 0 0 1-2-2v-7a2 2 0 0 1 2-2h3"],
+    thumbDown: ["M10 15v4a3 3 0 0 0 3 3l4-9V2H5.72a2 2 0 0 0-2 1.7l-1.38 9a2 2 0 0 0 2 2.3z", "M17 2h2.67A2.31 2.31 0 0 1 22 4v7a2.31 2.31 0 0 1-2.33 2H17"],
   };
 
   const URL_PATTERN = /\bhttps?:\/\/[^\s<>"']+/gi;
@@ -487,7 +492,8 @@
 
   /**
    * Adds one bubble at the end of the list.
-   * msg: {role, text, serverId?, clientId?, created?, status?, suggestions?, greeting?}
+   * msg: {role, text, serverId?, clientId?, created?, status?, suggestions?, greeting?,
+   *       decision?, helpful?}
    */
   function renderMessage(msg) {
     const role = ROLES.indexOf(msg.role) >= 0 ? msg.role : "system";
@@ -515,6 +521,7 @@
       clientId: msg.clientId ? String(msg.clientId) : "",
       suggestions: Array.isArray(msg.suggestions) ? msg.suggestions : [],
       status: "",
+      feedback: null, // the "Did this answer help?" buttons, under a bot's answer
     };
     if (role === "customer") {
       if (record.clientId) bubble.setAttribute("data-client-id", record.clientId);
@@ -522,11 +529,53 @@
       row.appendChild(record.meta);
       setDelivery(record, msg.status || "delivered");
     }
+    if (role === "bot" && msg.decision === "answer" && record.serverId) {
+      record.feedback = feedbackButtons(record);
+      row.appendChild(record.feedback);
+      setHelpful(record, msg.helpful);
+    }
 
     ui.messages.insertBefore(row, ui.typing);
     state.records.push(record);
     indexRecord(record);
     return record;
+  }
+
+  /** Two small buttons under an answer of the bot: did it help? The customer may change their
+   * mind; the server's "feedback" frame confirms (and, after a no, offers what to do next). */
+  function feedbackButtons(record) {
+    const group = el("div", { class: "feedback", role: "group", "aria-label": TEXT.helpfulQuestion, "data-testid": "chat-feedback" });
+    [
+      [true, "thumbUp", TEXT.helpful],
+      [false, "thumbDown", TEXT.notHelpful],
+    ].forEach(([helpful, name, label]) => {
+      const button = el(
+        "button",
+        {
+          type: "button",
+          class: "feedback__btn",
+          "aria-label": label,
+          title: label,
+          "aria-pressed": "false",
+          "data-helpful": String(helpful),
+        },
+        [icon(name, ICONS[name])]
+      );
+      button.addEventListener("click", () => {
+        if (record.helpful === helpful) return;
+        if (transmit({ type: "feedback", message: record.serverId, helpful })) setHelpful(record, helpful);
+      });
+      group.appendChild(button);
+    });
+    return group;
+  }
+
+  function setHelpful(record, helpful) {
+    record.helpful = helpful === true || helpful === false ? helpful : null;
+    if (!record.feedback) return;
+    record.feedback.querySelectorAll("button").forEach((button) => {
+      button.setAttribute("aria-pressed", String(button.dataset.helpful === String(record.helpful)));
+    });
   }
 
   /** A local, muted system line (errors, hand-off note); never sent to the server. */
@@ -785,6 +834,8 @@
           created: m.created,
           suggestions: m.suggestions,
           status: "delivered",
+          decision: m.decision,
+          helpful: m.helpful,
         })
       );
       renderLocalOnly();
@@ -823,6 +874,7 @@
         serverId: id,
         suggestions: frame.suggestions,
         created: new Date().toISOString(), // as it arrives; the history gives the stored time
+        decision: frame.decision,
       });
       showQuickReplies(record);
     });
@@ -934,6 +986,18 @@
     setDelivery(record, "failed");
   }
 
+  /** The server stored what the customer said of an answer; after a no, while the bot has the
+   * conversation, it says what the customer can do next (with a quick reply to a person). */
+  function onFeedback(frame) {
+    const record = state.byServerId.get(String(frame.message));
+    if (record) setHelpful(record, frame.helpful);
+    if (typeof frame.text !== "string" || !frame.text) return;
+    keepScrolled(false, () => {
+      removeQuickReplies();
+      showQuickReplies(renderMessage({ role: "system", text: frame.text, suggestions: frame.suggestions }));
+    });
+  }
+
   const HANDLERS = {
     history: onHistory,
     ack: onAck,
@@ -941,6 +1005,7 @@
     message: onMessage,
     error: onError,
     typing: onTyping,
+    feedback: onFeedback,
     pong() {},
     rated() {},
   };

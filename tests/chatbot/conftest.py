@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,7 +20,9 @@ from urllib.parse import quote
 import pytest
 from django.conf import settings
 
+from chatbot.learning import model_promote
 from chatbot.models import Conversation, Intent, Message, ModelVersion
+from chatbot.runtime import get_runtime
 from retrieval.store import VersionStore
 from training.config import TrainConfig
 from training.data import Example
@@ -265,3 +269,26 @@ def serve_now(version: ModelVersion, timeout: float = 60) -> None:
         assert time.monotonic() < deadline, f"{name} was not served within {timeout} s"
         time.sleep(0.05)
     runtime.batcher.run_on_worker(runtime.analyse_batch, ["hello"]).result(timeout)
+
+
+@pytest.fixture
+def live_policy(knowledge_base, demo_model) -> Iterator[Callable[..., ModelVersion]]:
+    """Make a copy of the demo model live with the given policy thresholds."""
+    store = get_runtime().models
+
+    def make(**policy: float) -> ModelVersion:
+        directory, metrics = demo_model
+        copy = store.root / f"{directory.name}-{secrets.token_hex(4)}"
+        shutil.copytree(directory, copy)
+        thresholds = json.loads((copy / "thresholds.json").read_text())
+        thresholds["policy"] = policy
+        (copy / "thresholds.json").write_text(json.dumps(thresholds))
+        version = ModelVersion.objects.create(
+            directory=str(copy), base_model=metrics["base_model"], kind="full", metrics=metrics
+        )
+        model_promote(model_version=version)
+        serve_now(version)
+        return version
+
+    yield make
+    store.clear_live()

@@ -16,7 +16,6 @@ from chatbot.models import (
     Message,
     ModelVersion,
 )
-from tests.chatbot.test_policy_chat import live_policy  # noqa: F401  (a fixture)
 
 
 @pytest.fixture
@@ -337,7 +336,7 @@ def test_a_reply_can_be_posted_to_a_conversation_by_the_id_the_widget_shows(
 
 
 def test_the_reply_box_suggests_the_bots_answers_to_what_the_customer_asked(
-    live_policy,  # noqa: F811
+    live_policy,
     admin_client: Client,
     client: Client,
 ) -> None:

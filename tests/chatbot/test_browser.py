@@ -12,6 +12,7 @@ from contextlib import contextmanager
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from chatbot.agent import TALK_TO_PERSON_LABEL
 from chatbot.models import Message
 from tests.chatbot.conftest import LiveServer, reply_row
 
@@ -451,3 +452,47 @@ def test_a_message_the_bot_could_not_answer_is_answered_when_retried(
     reply = reply_row(bubbles(page, "bot").last.get_attribute("data-id"))
     assert reply.in_reply_to.text == "How long does standard delivery take?"
     assert Message.objects.filter(role="customer").count() == 1
+
+
+def test_a_customer_says_an_answer_did_not_help_and_takes_the_person_offered(
+    page: Page, daphne_server: LiveServer
+) -> None:
+    # given: an answer, under which (and only there, not under the greeting) the customer can
+    # say whether it helped
+    open_widget(page, daphne_server)
+    reply = first_reply(page, "How long does standard delivery take?")
+    assert reply.decision == "answer"
+    feedback = page.get_by_test_id("chat-feedback")
+    expect(feedback).to_have_count(1)
+    not_helpful = feedback.get_by_role("button", name="Not helpful", exact=True)
+
+    # when
+    not_helpful.click()
+
+    # then: stored, shown as chosen, and a person offered
+    expect(not_helpful).to_have_attribute("aria-pressed", "true")
+    expect(feedback.get_by_role("button", name="Helpful", exact=True)).to_have_attribute(
+        "aria-pressed", "false"
+    )
+    quick = page.get_by_test_id("chat-quick-reply")
+    expect(quick).to_have_text([TALK_TO_PERSON_LABEL], timeout=REPLY_TIMEOUT_MS)
+    deadline = time.monotonic() + 10
+    while Message.objects.get(pk=reply.pk).helpful is not False:
+        assert time.monotonic() < deadline, "the customer's no was never stored"
+        time.sleep(0.05)
+
+    # when: the customer takes the offer
+    quick.click()
+
+    # then: a person is asked for
+    expect(bubbles(page, "bot")).to_have_count(3, timeout=REPLY_TIMEOUT_MS)
+    handoff = reply_row(bubbles(page, "bot").last.get_attribute("data-id"))
+    assert handoff.decision == "handoff"
+
+    # and after a reload, the answer still shows what the customer said of it
+    page.reload()
+    page.get_by_test_id("chat-launcher").click()
+    expect(page.get_by_test_id("chat-feedback")).to_have_count(1)
+    expect(
+        page.get_by_test_id("chat-feedback").get_by_role("button", name="Not helpful", exact=True)
+    ).to_have_attribute("aria-pressed", "true")

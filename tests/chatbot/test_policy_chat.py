@@ -2,44 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import secrets
-import shutil
-from collections.abc import Callable, Iterator
-
-import pytest
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 
 from chatbot.agent import TALK_TO_PERSON_LABEL
-from chatbot.learning import model_promote
-from chatbot.models import Conversation, Intent, Message, ModelVersion
-from chatbot.runtime import get_runtime
-from tests.chatbot.conftest import serve_now
+from chatbot.models import Conversation, Intent, Message
 from tests.chatbot.test_consumer import open_chat, send_message
-
-
-@pytest.fixture
-def live_policy(knowledge_base, demo_model) -> Iterator[Callable[..., ModelVersion]]:
-    """Make a copy of the demo model live with the given policy thresholds."""
-    store = get_runtime().models
-
-    def make(**policy: float) -> ModelVersion:
-        directory, metrics = demo_model
-        copy = store.root / f"{directory.name}-{secrets.token_hex(4)}"
-        shutil.copytree(directory, copy)
-        thresholds = json.loads((copy / "thresholds.json").read_text())
-        thresholds["policy"] = policy
-        (copy / "thresholds.json").write_text(json.dumps(thresholds))
-        version = ModelVersion.objects.create(
-            directory=str(copy), base_model=metrics["base_model"], kind="full", metrics=metrics
-        )
-        model_promote(model_version=version)
-        serve_now(version)
-        return version
-
-    yield make
-    store.clear_live()
 
 
 async def test_an_unsure_bot_asks_to_clarify_and_a_choice_gets_that_answer(live_policy) -> None:

@@ -17,7 +17,6 @@ from channels.db import database_sync_to_async
 from chatbot.models import Message
 from chatbot.second_opinion import get_second_opinion
 from tests.chatbot.test_consumer import open_chat, send_message
-from tests.chatbot.test_policy_chat import live_policy  # noqa: F401  (a fixture)
 
 # Declines nothing on its own; every message it does not decline is borderline.
 EVERYTHING_BORDERLINE = {"oos_threshold": -1e9, "second_opinion_below": 1e9}
@@ -98,7 +97,7 @@ async def bot_message(reply: dict) -> Message:
 
 
 async def test_a_borderline_message_it_finds_outside_every_topic_is_declined(
-    live_policy,  # noqa: F811
+    live_policy,
     second_opinion: FakeOpenAI,
 ) -> None:
     # given: a policy that would answer everything, and everything borderline
@@ -125,7 +124,7 @@ async def test_a_borderline_message_it_finds_outside_every_topic_is_declined(
 
 
 async def test_it_settles_a_clarifying_question_or_turns_a_disputed_answer_into_one(
-    live_policy,  # noqa: F811
+    live_policy,
     second_opinion: FakeOpenAI,
 ) -> None:
     # given: the second topic offered is the one it names
@@ -160,7 +159,7 @@ async def test_it_settles_a_clarifying_question_or_turns_a_disputed_answer_into_
 
 
 async def test_only_borderline_messages_are_sent_and_none_without_a_key(
-    live_policy,  # noqa: F811
+    live_policy,
     second_opinion: FakeOpenAI,
     settings,
 ) -> None:
@@ -195,7 +194,7 @@ async def test_only_borderline_messages_are_sent_and_none_without_a_key(
 
 
 async def test_without_a_usable_answer_in_time_the_bot_decides_alone(
-    live_policy,  # noqa: F811
+    live_policy,
     second_opinion: FakeOpenAI,
     settings,
     caplog,

@@ -12,7 +12,6 @@ from django.test import Client
 from chatbot.asgi import application
 from chatbot.models import Conversation
 from tests.chatbot.test_consumer import HOST, ORIGIN, open_chat, send_message
-from tests.chatbot.test_policy_chat import live_policy  # noqa: F401  (a fixture)
 
 
 def staff_socket(client: Client | None, query: str = "", origin: bytes = ORIGIN):
@@ -30,7 +29,7 @@ async def listening(client: Client, query: str = "") -> WebsocketCommunicator:
 
 
 async def test_the_team_sees_a_conversation_live_and_hears_of_every_hand_off(
-    live_policy,  # noqa: F811
+    live_policy,
     admin_client: Client,
 ) -> None:
     # given: the list of conversations open in admin, and a customer chatting
@@ -113,7 +112,7 @@ async def test_the_team_sees_a_conversation_live_and_hears_of_every_hand_off(
 
 
 async def test_each_side_sees_the_other_writing_and_nothing_is_stored(
-    live_policy,  # noqa: F811
+    live_policy,
     admin_client: Client,
     settings,
 ) -> None:
@@ -258,7 +257,7 @@ async def test_only_staff_who_may_view_conversations_on_this_site_may_listen(
 
 
 async def test_a_page_left_open_after_its_admin_logged_out_hears_no_more(
-    live_policy,  # noqa: F811
+    live_policy,
     admin_client: Client,
     monkeypatch,
 ) -> None:
