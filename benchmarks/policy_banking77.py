@@ -402,12 +402,13 @@ def nightly_runs(
                 "marked_in_scope": sum(e.label not in held_out for e in pool),
             }
             if review_from == "feedback":
-                customers = random.Random(seed * 1000 + night)
+                # Each customer's draw depends on their message alone, never on what the
+                # model decided for the messages before it.
                 no = [
                     (e, d.prediction.intent != e.label)
                     for e, d in zip(traffic, decisions, strict=True)
                     if d.decision == ANSWER
-                    and customers.random()
+                    and random.Random(f"{seed}:{e.text}").random()
                     < (said_no if d.prediction.intent != e.label else SAID_NO_TO_RIGHT)
                 ]
                 taken = seen | {e.text for e in pool} | known
