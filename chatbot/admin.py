@@ -11,7 +11,8 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ActionForm
 from django.core.exceptions import PermissionDenied
-from django.db.models import Case, Count, Exists, OuterRef, QuerySet, When
+from django.db.models import Case, Count, Exists, OuterRef, QuerySet, Subquery, When
+from django.db.models.functions import Coalesce
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -863,6 +864,7 @@ class ModelVersionAdmin(ExtraViews, admin.ModelAdmin):
         "validation_accuracy",
         "validation_macro_f1",
         "n_examples",
+        "said_not_helpful",
         "created_at",
         "promoted_at",
         "is_live",
@@ -886,6 +888,19 @@ class ModelVersionAdmin(ExtraViews, admin.ModelAdmin):
         # Every bot message names the version that wrote it, and the live one is serving:
         # the rows stay (their files are pruned, CHATBOT_KEEP_MODEL_VERSIONS).
         return False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ModelVersion]:
+        # What the customers said of each version's answers, live: the admin compares a
+        # new version with the one before it on what its validation split cannot show.
+        rated = Message.objects.filter(model_version=OuterRef("pk"), helpful__isnull=False)
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                _rated=_count(rated),
+                _not_helpful=_count(rated.filter(helpful=False)),
+            )
+        )
 
     def rollback_view(self, request: HttpRequest) -> HttpResponse:
         self.require_post(request)
@@ -911,6 +926,19 @@ class ModelVersionAdmin(ExtraViews, admin.ModelAdmin):
     @admin.display(description="Examples")
     def n_examples(self, obj: ModelVersion) -> int | None:
         return obj.metrics.get("n_train")
+
+    @admin.display(description="Customers said: did not help", ordering="_not_helpful")
+    def said_not_helpful(self, obj: ModelVersion) -> str:
+        """Of its answers the customers said something of, those they said did not help."""
+        if not obj._rated:
+            return "-"
+        return f"{obj._not_helpful} of {obj._rated} ({obj._not_helpful / obj._rated:.0%})"
+
+
+def _count(rows: QuerySet[Message]) -> Coalesce:
+    """The number of a version's `rows` (filtered on the outer version), as an annotation."""
+    counted = rows.order_by().values("model_version").annotate(n=Count("pk")).values("n")
+    return Coalesce(Subquery(counted[:1]), 0)
 
 
 def _versions_plot(width: int = 640, height: int = 200, pad: int = 32) -> dict | None:

@@ -245,6 +245,14 @@ class Message(models.Model):
                 name="unique_customer_client_message_id",
             )
         ]
+        indexes = [
+            # The few answers customers said something of, counted for each model version.
+            models.Index(
+                fields=["model_version", "helpful"],
+                condition=Q(helpful__isnull=False),
+                name="message_rated_by_version",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.role}: {self.text[:60]}"

@@ -9,7 +9,7 @@ import pytest
 from channels.db import database_sync_to_async
 
 from chatbot.agent import TALK_TO_PERSON_LABEL
-from chatbot.models import Conversation, Message
+from chatbot.models import Conversation, Message, ModelVersion
 from chatbot.services import NOT_HELPFUL_REVIEW_PRIORITY, reply_feedback_store
 from tests.chatbot.conftest import turn
 from tests.chatbot.test_consumer import open_chat, send_message
@@ -178,3 +178,28 @@ def test_the_review_queue_puts_answers_that_did_not_help_first(admin_client) -> 
     assert declined.text not in not_helped.content.decode()
     assert right.text not in not_helped.content.decode()
     assert str(conversation.public_id)[:8] in conversations.content.decode()
+
+
+def test_each_model_version_shows_what_customers_said_of_its_answers(admin_client) -> None:
+    # given: two versions; customers said something of three answers of the older one
+    older = ModelVersion.objects.create(directory="/models/a", base_model="b", kind="full")
+    newer = ModelVersion.objects.create(directory="/models/b", base_model="b", kind="full")
+    conversation = Conversation.objects.create()
+    for text, helpful in (("a", False), ("b", True), ("c", True), ("d", None)):
+        question = turn(conversation, text)
+        Message.objects.filter(in_reply_to=question).update(model_version=older)
+        if helpful is not None:
+            reply_feedback_store(
+                conversation_id=conversation.pk, reply_id=question.reply.pk, helpful=helpful
+            )
+    Message.objects.filter(in_reply_to=turn(conversation, "e")).update(model_version=newer)
+
+    # when
+    page = admin_client.get("/admin/chatbot/modelversion/").content.decode()
+
+    # then: 1 of the 3 rated answers did not help; the newer version has no rating yet
+    def row(version: ModelVersion) -> str:
+        return next(r for r in page.split("</tr>") if f">{version.name}</a>" in r)
+
+    assert "1 of 3 (33%)" in row(older)
+    assert 'class="field-said_not_helpful">-<' in row(newer)
