@@ -53,6 +53,10 @@ held-out intent's message, or a wrong intent's to a known one) gets a "no" with 
 --said-no (0.5), a right one with 0.05, and the admin reviews only those: marks the held-out
 intents' messages out of scope (the in-scope ones, relabelled or confirmed, teach the policy
 nothing and are only counted).
+With --none-fit P (with self or feedback), each clarifying question of the night's traffic
+whose choices (the model's top 3 intents) miss the message's intent gets "None of these" with
+probability P, and the product learns the message as out of scope with the bot's own declines;
+the customers of the others choose the right intent.
 --skip-coverage leaves (1) out (and the all-77 model's accuracy with it); --keep-models DIR keeps
 the models trained (benchmarks/policy_refit_banking77.py refits their policies);
 --zero-shot-model DIR measures a kept night-0 model of the same seed instead of training it.
@@ -79,7 +83,7 @@ from training.config import TrainConfig
 from training.data import load_csv, stratified_split
 from training.inference import IntentClassifier
 from training.pipeline import refit_to_directory, train_to_directory
-from training.policy import ANSWER, OUT_OF_SCOPE, coverage_threshold, decision_shares
+from training.policy import ANSWER, CLARIFY, OUT_OF_SCOPE, coverage_threshold, decision_shares
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "banking77"
 HELD_OUT = 10
@@ -332,6 +336,7 @@ def nightly_runs(
     train_each_night: bool = False,
     known_traffic: list | None = None,
     said_no: float = 0.5,
+    none_fit: float = 0.0,
 ):
     """The loop as a company runs it: the zero-shot model, then each night `per_night` more of
     each held-out intent's rows reviewed out of scope, drawn from those the last model
@@ -352,7 +357,9 @@ def nightly_runs(
     parts, none seen twice, beside that night's arrivals), as the product does with
     CHATBOT_LEARN_FROM_DECLINES, in-scope ones included; with "feedback", also the held-out
     intents' messages it answered that the customer said did not help (each wrong answer with
-    probability `said_no`), which an admin reviewing those marks out of scope."""
+    probability `said_no`), which an admin reviewing those marks out of scope. With `none_fit`,
+    the customers of that share of the clarifying questions whose choices miss their intent
+    choose "None of these", and the bot learns their messages as it learns its declines."""
     held_out = held_out_intents(examples, seed)
     pick = random.Random(seed + 1)
     reviewed: list = []
@@ -395,12 +402,29 @@ def nightly_runs(
                 for e, d in zip(traffic, decisions, strict=True)
                 if d.decision == OUT_OF_SCOPE and e.text not in seen and e.text not in known
             ]
+            if none_fit:
+                # Each customer's draw depends on their message alone (as with --said-no).
+                taken = seen | {e.text for e in pool} | known
+                none = [
+                    e
+                    for e, d in zip(traffic, decisions, strict=True)
+                    if d.decision == CLARIFY
+                    and e.label not in {intent for intent, _ in d.prediction.top_k[:3]}
+                    and e.text not in taken
+                    and random.Random(f"{seed}:none:{e.text}").random() < none_fit
+                ]
+                pool += none
             shown = {
                 "traffic": len(traffic),
                 "traffic_held_out": sum(e.label in held_out for e in traffic),
                 "marked_held_out": sum(e.label in held_out for e in pool),
                 "marked_in_scope": sum(e.label not in held_out for e in pool),
             }
+            if none_fit:
+                shown |= {
+                    "none_fit_held_out": sum(e.label in held_out for e in none),
+                    "none_fit_in_scope": sum(e.label not in held_out for e in none),
+                }
             if review_from == "feedback":
                 # Each customer's draw depends on their message alone, never on what the
                 # model decided for the messages before it.
@@ -463,6 +487,9 @@ def nightly_runs(
             refit_from=zero_shot,
         )
         run["shown_to_the_admin"] = shown
+        if review_from in SELF_MARKING:
+            run["none_fit"] = none_fit
+            run["said_no"] = said_no if review_from == "feedback" else None
         if arrived is not None:
             run["held_out_rows_arrived"] = len(arrived)
             run["unknown_share_per_night"] = unknown_share
@@ -499,6 +526,13 @@ def main() -> None:
         "traffic is half of test.csv's in-scope messages, judged on the other half); "
         "feedback: that, and an admin marks the held-out messages whose answers the "
         "customers said did not help",
+    )
+    parser.add_argument(
+        "--none-fit",
+        type=float,
+        default=0.0,
+        help="with --review-from self or feedback: how often a customer chooses 'None of "
+        "these' under a clarifying question whose choices miss their intent (default 0)",
     )
     parser.add_argument(
         "--said-no",
@@ -590,6 +624,7 @@ def main() -> None:
                 args.train_each_night,
                 known_traffic,
                 args.said_no,
+                args.none_fit,
             )
             if args.nights
             else (
@@ -648,6 +683,8 @@ def print_holdout(runs: list[dict]) -> None:
                 f"the bot's own declines and the answers customers said did not help, "
                 f"{loop[10:]}, {n} in all"
             )
+        if h.get("none_fit"):
+            when += f"; 'None of these' from {h['none_fit']:.0%} of customers not offered theirs"
         else:
             source = (
                 f" among {reach[loop.split(', ')[0]]}, {loop.split(', ')[1]}"

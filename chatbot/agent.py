@@ -155,6 +155,9 @@ HANDOFF_AFTER_FAILURES_TEXT = (
 )
 # What the widget shows when the customer says an answer did not help (never stored).
 NOT_HELPFUL_TEXT = "Sorry that didn't help. You could ask it in other words"
+# The last quick reply of every clarifying question: none of the choices is what they meant.
+NONE_OF_THESE_LABEL = "None of these"
+NONE_FIT_TEXT = "Sorry I got that wrong. You could ask it in other words"
 
 
 class Agent:
@@ -167,9 +170,8 @@ class Agent:
         other words, or talk to a person (when the knowledge base can hand off). Reads the
         live index, which may load it: call it off the event loop."""
         index = self.runtime.index()
-        if index is not None and self.handoff_intent in index.examples.ids_by_intent:
-            return f"{NOT_HELPFUL_TEXT}, or talk to a person on our team.", (TALK_TO_PERSON_LABEL,)
-        return f"{NOT_HELPFUL_TEXT}.", ()
+        known = index.examples.ids_by_intent if index is not None else {}
+        return _another_way(NOT_HELPFUL_TEXT, person=self.handoff_intent in known)
 
     def analyse(self, text: str) -> asyncio.Future[Batched[Analysis]]:
         """Start reading `text` with the models now, so that it can run while the message is
@@ -181,10 +183,12 @@ class Agent:
         text: str,
         *,
         chosen_intent: str = "",
+        none_fit: bool = False,
         analysis: Awaitable[Batched[Analysis]] | None = None,
     ) -> AgentReply:
         """Decide the reply to `text`; `chosen_intent` answers a clarifying question's choice,
-        `analysis` is what `analyse(text)` started, if it was."""
+        `none_fit` says the customer chose none of them (declined: ask in other words, or a
+        person), `analysis` is what `analyse(text)` started, if it was."""
         started = time.perf_counter()
         batched = await (analysis if analysis is not None else self.runtime.analyse(text))
         analysis = batched.value
@@ -217,6 +221,8 @@ class Agent:
         )
         if chosen_intent:
             decision, intent = ANSWER, chosen_intent
+        elif none_fit:
+            decision, intent = OUT_OF_SCOPE, ranked[0].intent
         else:
             decision = analysis.policy.decide(confidence, similarity, oos_similarity)
             intent = ranked[0].intent
@@ -275,10 +281,16 @@ class Agent:
                 # A person answers next: no quick reply would reach the bot.
                 decision, suggestions = HANDOFF, ()
         elif decision == CLARIFY:
-            reply_text, suggestions = CLARIFY_TEXT, tuple(label for _, label in choices)
+            labels = tuple(label for _, label in choices)
+            reply_text, suggestions = CLARIFY_TEXT, (*labels, NONE_OF_THESE_LABEL)
         else:
             choices = talk_to_person
-            reply_text, suggestions = OUT_OF_SCOPE_TEXT, tuple(label for _, label in choices)
+            suggestions = tuple(label for _, label in choices)
+            reply_text = (
+                _another_way(NONE_FIT_TEXT, person=bool(choices))[0]
+                if none_fit
+                else OUT_OF_SCOPE_TEXT
+            )
         return AgentReply(
             text=reply_text,
             decision=decision,
@@ -342,6 +354,14 @@ class Agent:
 CHOICE_CANDIDATES = 8
 # How many of its phrasings the second opinion reads of each intent.
 TOPIC_EXAMPLES = 3
+
+
+def _another_way(opening: str, *, person: bool) -> tuple[str, tuple[str, ...]]:
+    """`opening`, then a way on: ask in other words, or (`person`) talk to a person, with the
+    quick reply that hands off."""
+    if person:
+        return f"{opening}, or talk to a person on our team.", (TALK_TO_PERSON_LABEL,)
+    return f"{opening}.", ()
 
 
 def intent_label(intent: str) -> str:

@@ -190,15 +190,20 @@ def left_out_note(thin: dict[str, int]) -> str:
 
 def out_of_scope_messages():
     """Customer messages a model learns to decline: those reviewed as outside every intent and,
-    with CHATBOT_LEARN_FROM_DECLINES, those the bot declined in the last
-    CHATBOT_LEARN_FROM_DECLINES_DAYS days that nobody has reviewed (any verdict wins over the
-    bot's: a confirmed or relabelled message is an example, a skipped one neither). A declined
-    message that is word for word an intent's example is in scope, whatever the bot said."""
+    with CHATBOT_LEARN_FROM_DECLINES, those declined in the last
+    CHATBOT_LEARN_FROM_DECLINES_DAYS days that nobody has reviewed: by the bot, or by the
+    customer, who chose "None of these" when the bot asked which intent they meant (any
+    verdict wins: a confirmed or relabelled message is an example, a skipped one neither). A
+    declined message that is word for word an intent's example is in scope, whatever was
+    said of it."""
     marked = Q(review=Message.Review.OUT_OF_SCOPE)
     if settings.CHATBOT_LEARN_FROM_DECLINES:
         since = timezone.now() - timedelta(days=settings.CHATBOT_LEARN_FROM_DECLINES_DAYS)
+        declined = Q(reply__decision=Message.Decision.OUT_OF_SCOPE) | Q(
+            reply__decision=Message.Decision.CLARIFY, reply__helpful=False
+        )
         marked |= Q(
-            Q(review="", reply__decision=Message.Decision.OUT_OF_SCOPE, created_at__gte=since)
+            Q(declined, review="", created_at__gte=since)
             & ~Q(text__in=IntentExample.objects.values("text"))
         )
     return Message.objects.filter(marked, role=Message.Role.CUSTOMER)
@@ -206,7 +211,8 @@ def out_of_scope_messages():
 
 def out_of_scope_learnt() -> tuple[list[str], dict[str, int]]:
     """Each out-of-scope text once, in the order first said, and how many of them an admin
-    marked (`reviewed`) and how many only the bot declined (`declined`)."""
+    marked (`reviewed`) and how many were only declined, by the bot or by the customer
+    (`declined`)."""
     rows = out_of_scope_messages().order_by("pk").values_list("text", "review")
     texts: dict[str, bool] = {}
     for text, review in rows:
@@ -424,7 +430,7 @@ def model_refit(
 def refits(live: ModelVersion | None, fingerprints: dict[str, str], config: TrainConfig) -> bool:
     """Whether a run may refit the live model's policy instead of training: it learnt from the
     same examples as now, with the same base model and kind of training, and only the
-    out-of-scope messages (reviewed, or declined by the bot) changed (which, unless they train
+    out-of-scope messages (reviewed, or declined) changed (which, unless they train
     the weights, change nothing else)."""
     if live is None or not (Path(live.directory) / "model.json").is_file():
         return False
@@ -725,7 +731,7 @@ def _train_and_judge(run: TrainingRun) -> TrainingRun:
         "refit_seconds": candidate.metrics.get("refit_seconds") if refit else None,
         "n_train": len(train_set),
         "left_out": thin,
-        # the out-of-scope texts the candidate learnt from: marked by admins, declined by the bot
+        # the out-of-scope texts the candidate learnt from: marked by admins, or declined
         "out_of_scope": candidate.metrics["out_of_scope"],
     }
     per_intent = {
@@ -791,10 +797,10 @@ def _refit_note(refit: bool, live: ModelVersion | None, counts: dict[str, int]) 
     if not refit:
         return ""
     return (
-        f"Only the out-of-scope messages (reviewed, or declined by the bot) changed since {live} "
-        "was trained: it keeps its weights, and its decision policy was fitted again with them "
-        f"({counts['reviewed']} marked by admins, {counts['declined']} declined by the bot and "
-        "not reviewed)."
+        f"Only the out-of-scope messages (reviewed, or declined) changed since {live} was "
+        "trained: it keeps its weights, and its decision policy was fitted again with them "
+        f"({counts['reviewed']} marked by admins, {counts['declined']} declined by the bot or "
+        "the customer and not reviewed)."
     )
 
 

@@ -80,6 +80,8 @@ class TurnContext:
     failures_in_a_row: int = 0
     # Quick replies the last clarifying question offered: label (lower case) -> intent.
     offered: dict[str, str] = field(default_factory=dict)
+    # That question (the bot's reply), while its choices are open.
+    question_id: int | None = None
 
 
 def turn_context(*, message: Message, lookback: int | None = None) -> TurnContext:
@@ -124,11 +126,12 @@ def turn_contexts(
     earlier: dict[int, list[Earlier]] = defaultdict(list)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        for conversation_id, status, role, decision, offered, helpful in cursor.fetchall():
+        for conversation_id, status, pk, role, decision, offered, helpful in cursor.fetchall():
             statuses[conversation_id] = status
             if role is not None:
                 earlier[conversation_id].append(
                     Earlier(
+                        pk,
                         role,
                         decision,
                         top_k.from_db_value(offered, None, connection),
@@ -154,10 +157,11 @@ def _turn_contexts_sql() -> str:
     }
     in_reply_to = quote(message.get_field("in_reply_to").column)
     return f"""
-        SELECT c.{c["id"]}, c.{c["status"]}, r.role, r.decision, r.top_k, r.helpful
+        SELECT c.{c["id"]}, c.{c["status"]}, r.id, r.role, r.decision, r.top_k, r.helpful
         FROM {quote(conversation.db_table)} c
         LEFT JOIN (
             SELECT m.{m["conversation"]} AS conversation_id,
+                   m.{m["id"]} AS id,
                    m.{m["role"]} AS role,
                    m.{m["decision"]} AS decision,
                    m.{m["top_k"]} AS top_k,
@@ -179,6 +183,7 @@ def _turn_contexts_sql() -> str:
 class Earlier(NamedTuple):
     """One of a conversation's latest replies to the customer, as `turn_contexts` reads it."""
 
+    pk: int
     role: str
     decision: str
     top_k: list
@@ -202,13 +207,14 @@ def _turn_context(status: str, earlier: list[Earlier]) -> TurnContext:
         if not reply.failed:
             break
         failures += 1
-    offered = {}
     if earlier and (earlier[0].role, earlier[0].decision) == (
         Message.Role.BOT,
         Message.Decision.CLARIFY,
     ):
-        offered = {a["label"].lower(): a["intent"] for a in earlier[0].top_k if a.get("label")}
-    return TurnContext(status=status, failures_in_a_row=failures, offered=offered)
+        question = earlier[0]
+        offered = {a["label"].lower(): a["intent"] for a in question.top_k if a.get("label")}
+        return TurnContext(status, failures, offered, question.pk)
+    return TurnContext(status=status, failures_in_a_row=failures)
 
 
 @dataclass(frozen=True)

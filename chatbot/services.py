@@ -22,6 +22,7 @@ from django.utils.crypto import constant_time_compare
 
 from chatbot import protocol, selectors
 from chatbot.agent import (
+    NONE_OF_THESE_LABEL,
     TALK_TO_PERSON_LABEL,
     Agent,
     AgentReply,
@@ -85,12 +86,20 @@ def conversation_rate(*, conversation_id: int, score: int) -> None:
 NOT_HELPFUL_REVIEW_PRIORITY = 2.0
 
 
-def reply_feedback_store(*, conversation_id: int, reply_id: int, helpful: bool) -> str | None:
+def reply_feedback_store(
+    *,
+    conversation_id: int,
+    reply_id: int,
+    helpful: bool,
+    decision: str = Message.Decision.ANSWER,
+) -> str | None:
     """Store what the customer said of one of the bot's answers in their conversation (they may
     change their mind); the conversation's status, or None when it holds no such answer.
 
     An answer that did not help moves the message it answered up the review queue, and counts
-    as a failure toward the hand-off (`selectors.turn_contexts`)."""
+    as a failure toward the hand-off (`selectors.turn_contexts`). With `decision` clarify: the
+    customer chose none of a clarifying question's choices (`bot_turn`), which also makes the
+    message it asked about one the bot learns to decline (`learning.out_of_scope_messages`)."""
     with transaction.atomic():
         reply = (
             Message.objects.select_for_update(of=("self",))
@@ -98,7 +107,7 @@ def reply_feedback_store(*, conversation_id: int, reply_id: int, helpful: bool) 
                 pk=reply_id,
                 conversation_id=conversation_id,
                 role=Message.Role.BOT,
-                decision=Message.Decision.ANSWER,
+                decision=decision,
             )
             .values("helpful", "in_reply_to_id", "conversation__status")
             .first()
@@ -113,6 +122,21 @@ def reply_feedback_store(*, conversation_id: int, reply_id: int, helpful: bool) 
                     pk=reply["in_reply_to_id"], review_priority__isnull=False
                 ).update(review_priority=F("review_priority") + shift)
     return reply["conversation__status"]
+
+
+def choices_declined(*, question_id: int, pressed: Message) -> None:
+    """The customer chose "None of these" under a clarifying question: the question did not
+    help (the message it asked about moves up the review queue, and is learnt as out of
+    scope), and the press itself, a button's label, is nothing to review or learn from."""
+    reply_feedback_store(
+        conversation_id=pressed.conversation_id,
+        reply_id=question_id,
+        helpful=False,
+        decision=Message.Decision.CLARIFY,
+    )
+    Message.objects.filter(pk=pressed.pk, review="").update(
+        review=Message.Review.SKIPPED, reviewed_at=timezone.now()
+    )
 
 
 def customer_message_store(
@@ -547,7 +571,12 @@ async def bot_turn(
     chosen = context.offered.get(said, "")
     if not chosen and said == TALK_TO_PERSON_LABEL.lower():
         chosen = agent.handoff_intent  # the quick reply an out-of-scope answer offers
-    reply = await agent.respond(customer_message.text, chosen_intent=chosen, analysis=analysis)
+    none_fit = bool(not chosen and context.offered and said == NONE_OF_THESE_LABEL.lower())
+    if none_fit:
+        await db_async(choices_declined)(question_id=context.question_id, pressed=customer_message)
+    reply = await agent.respond(
+        customer_message.text, chosen_intent=chosen, none_fit=none_fit, analysis=analysis
+    )
     reply = replace(reply, timings={"store_ms": round(store_ms, 2), **reply.timings})
     if (
         reply.decision in selectors.FAILED_DECISIONS

@@ -23,6 +23,7 @@ from django.conf import settings
 from chatbot.learning import model_promote
 from chatbot.models import Conversation, Intent, Message, ModelVersion
 from chatbot.runtime import get_runtime
+from chatbot.services import NOT_HELPFUL_REVIEW_PRIORITY
 from retrieval.store import VersionStore
 from training.config import TrainConfig
 from training.data import Example
@@ -292,3 +293,15 @@ def live_policy(knowledge_base, demo_model) -> Iterator[Callable[..., ModelVersi
 
     yield make
     store.clear_live()
+
+
+async def assert_did_not_help(reply_id: str | int, asked: Message) -> Message:
+    """The bot's reply is stored as not having helped, and the customer message it replied to
+    (`asked`, as it was before) moved up the review queue; returns that message now."""
+    reply = await Message.objects.aget(pk=reply_id)
+    assert reply.helpful is False
+    moved = await Message.objects.aget(pk=asked.pk)
+    assert moved.review_priority == pytest.approx(
+        asked.review_priority + NOT_HELPFUL_REVIEW_PRIORITY
+    )
+    return moved

@@ -81,7 +81,7 @@ def test_messages_arriving_together_are_stored_in_one_insert_with_each_turn_cont
         {"intent": "card_lost", "score": 0.5, "label": "Lost card"},
         {"intent": "card_arrival", "score": 0.4, "label": "Card arrival"},
     ]
-    bot_reply(customer(torn, "card?"), Message.Decision.CLARIFY, offered)
+    question = bot_reply(customer(torn, "card?"), Message.Decision.CLARIFY, offered)
     long = Conversation.objects.create()
     bot_reply(customer(long, "first"), Message.Decision.ANSWER)
     for n in range(12):
@@ -110,6 +110,7 @@ def test_messages_arriving_together_are_stored_in_one_insert_with_each_turn_cont
         status=Conversation.Status.BOT,
         failures_in_a_row=2,
         offered={"lost card": "card_lost", "card arrival": "card_arrival"},
+        question_id=question.pk,
     )
     # twelve declines in a row, counted as far back as the context looks
     assert long_context == long_again == TurnContext(Conversation.Status.BOT, 10, {})

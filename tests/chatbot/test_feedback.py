@@ -10,8 +10,8 @@ from channels.db import database_sync_to_async
 
 from chatbot.agent import TALK_TO_PERSON_LABEL
 from chatbot.models import Conversation, Message, ModelVersion
-from chatbot.services import NOT_HELPFUL_REVIEW_PRIORITY, reply_feedback_store
-from tests.chatbot.conftest import turn
+from chatbot.services import reply_feedback_store
+from tests.chatbot.conftest import assert_did_not_help, turn
 from tests.chatbot.test_consumer import open_chat, send_message
 
 pytestmark = pytest.mark.usefixtures("knowledge_base")
@@ -37,20 +37,14 @@ async def test_an_answer_that_did_not_help_is_stored_and_the_customer_offered_a_
     assert (said["message"], said["helpful"]) == (answer["id"], False)
     assert said["text"].startswith("Sorry that didn't help")
     assert said["suggestions"] == [TALK_TO_PERSON_LABEL]
-    reply = await Message.objects.aget(pk=answer["id"])
-    assert reply.helpful is False
-    moved = await Message.objects.aget(pk=asked.pk)
-    assert moved.review_priority == pytest.approx(
-        asked.review_priority + NOT_HELPFUL_REVIEW_PRIORITY
-    )
+    moved = await assert_did_not_help(answer["id"], asked)
 
     # when: they change their mind
     said = await say(communicator, int(answer["id"]), True)
 
     # then: nothing more is offered, and the message is back where it was in the queue
     assert said == {"type": "feedback", "message": answer["id"], "helpful": True}
-    await reply.arefresh_from_db()
-    assert reply.helpful is True
+    assert (await Message.objects.aget(pk=answer["id"])).helpful is True
     await moved.arefresh_from_db()
     assert moved.review_priority == pytest.approx(asked.review_priority)
 

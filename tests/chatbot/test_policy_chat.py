@@ -5,8 +5,10 @@ from __future__ import annotations
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 
-from chatbot.agent import TALK_TO_PERSON_LABEL
+from chatbot.agent import NONE_OF_THESE_LABEL, TALK_TO_PERSON_LABEL
+from chatbot.learning import out_of_scope_texts
 from chatbot.models import Conversation, Intent, Message
+from tests.chatbot.conftest import assert_did_not_help
 from tests.chatbot.test_consumer import open_chat, send_message
 
 
@@ -20,10 +22,10 @@ async def test_an_unsure_bot_asks_to_clarify_and_a_choice_gets_that_answer(live_
 
     # then
     assert question["decision"] == "clarify"
-    assert 2 <= len(question["suggestions"]) <= 3
+    assert 2 <= len(question["suggestions"]) - 1 <= 3
     bot = await Message.objects.aget(role="bot")
     offered = {alt["label"]: alt["intent"] for alt in bot.top_k if "label" in alt}
-    assert list(offered) == question["suggestions"]
+    assert [*offered, NONE_OF_THESE_LABEL] == question["suggestions"]
 
     # when: the customer picks the second choice
     label = question["suggestions"][1]
@@ -234,3 +236,39 @@ def test_a_staff_reply_with_redis_down_is_stored_and_the_admin_told_it_is_not_li
     assert list(texts.order_by("pk")) == ["Hello?", "Still there?"]
     assert "Reply sent" in live and "not live" not in live
     assert "Reply sent" in down and "when their chat reconnects, not live" in down
+
+
+async def test_none_of_the_choices_declines_the_question_and_the_bot_learns_from_it(
+    live_policy,
+) -> None:
+    # given: a customer the bot asked which of its intents they meant
+    await database_sync_to_async(live_policy)(answer=1.01)
+    communicator, history = await open_chat()
+    question = await send_message(communicator, "can i pay with gold coins", "n-1")
+    assert question["decision"] == "clarify"
+    assert question["suggestions"][-1] == NONE_OF_THESE_LABEL
+    asked = await Message.objects.aget(client_message_id="n-1")
+
+    # when: none of them is what they meant
+    declined = await send_message(communicator, NONE_OF_THESE_LABEL, "n-2")
+
+    # then: the bot says so and offers another wording or a person
+    assert (declined["decision"], declined["handoff"]) == ("out_of_scope", False)
+    assert declined["text"].startswith("Sorry I got that wrong")
+    assert declined["suggestions"] == [TALK_TO_PERSON_LABEL]
+    # the question is recorded as not having helped, the message it asked about moves up the
+    # review queue and is learnt as out of scope; the press itself is nothing to learn from
+    await assert_did_not_help(question["id"], asked)
+    pressed = await Message.objects.aget(client_message_id="n-2")
+    assert pressed.review == Message.Review.SKIPPED
+    learnt = await sync_to_async(out_of_scope_texts)()
+    assert learnt == ["can i pay with gold coins"]
+
+    # when: one more reply that gets them nowhere (the question and the decline were two)
+    third = await send_message(communicator, "gold coins accepted?", "n-3")
+
+    # then: a person takes over
+    assert third["decision"] == "handoff"
+    conversation = await Conversation.objects.aget(public_id=history["conversation"])
+    assert conversation.status == Conversation.Status.NEEDS_HUMAN
+    await communicator.disconnect()

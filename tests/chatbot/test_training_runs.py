@@ -195,7 +195,7 @@ def test_out_of_scope_marks_refit_the_live_models_policy_a_minute_later_instead_
 
     # then: a version with the live model's weights and its policy fitted with them went live
     assert run.status == TrainingRun.Status.PROMOTED, (run.reason, run.error, run.log_tail)
-    changed = "Only the out-of-scope messages (reviewed, or declined by the bot) changed"
+    changed = "Only the out-of-scope messages (reviewed, or declined) changed"
     assert f"{changed} since {live_model}" in run.reason
     assert run.metrics["refitted_from"] == live_model.pk
     assert run.metrics["train_seconds"] is None and run.metrics["refit_seconds"] > 0
@@ -251,13 +251,17 @@ def test_what_the_bot_declined_counts_as_out_of_scope_unless_an_admin_said_other
     review_apply(message_ids=[confirmed.pk], verdict=Message.Review.CONFIRMED)
     review_apply(message_ids=[skipped.pk], verdict=Message.Review.SKIPPED)
     turn(conversation, "do you sell cars", decision="out_of_scope")  # marked when said before
+    # a question whose choices the customer said none of fit ("None of these")
+    none_fit = turn(conversation, "gift wrap?", decision="clarify", intent=parcel)
+    Message.objects.filter(in_reply_to=none_fit).update(helpful=False)
 
-    # then: a run learns the admin's mark and the bot's unreviewed declines of the last 30
-    # days, each text once; not what an admin confirmed or skipped, nor older declines, nor
-    # one that is an intent's example word for word
+    # then: a run learns the admin's mark and the unreviewed declines of the last 30 days, the
+    # bot's and the customer's, each text once; not what an admin confirmed or skipped, nor
+    # older declines, nor one that is an intent's example word for word, nor a question the
+    # customer answered by choosing
     assert out_of_scope_learnt() == (
-        ["jobs?", "a cv", "do you sell cars"],
-        {"reviewed": 1, "declined": 2},
+        ["jobs?", "a cv", "do you sell cars", "gift wrap?"],
+        {"reviewed": 1, "declined": 3},
     )
     assert declined[0].text == declined[2].text and known.text not in out_of_scope_texts()
 
