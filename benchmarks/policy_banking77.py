@@ -683,8 +683,6 @@ def print_holdout(runs: list[dict]) -> None:
                 f"the bot's own declines and the answers customers said did not help, "
                 f"{loop[10:]}, {n} in all"
             )
-        if h.get("none_fit"):
-            when += f"; 'None of these' from {h['none_fit']:.0%} of customers not offered theirs"
         else:
             source = (
                 f" among {reach[loop.split(', ')[0]]}, {loop.split(', ')[1]}"
@@ -693,6 +691,8 @@ def print_holdout(runs: list[dict]) -> None:
             )
             each = f"{k} of each " if k else ""
             when = f"{each}reviewed{source}, {n} in all" if n else "none reviewed"
+        if h.get("none_fit"):
+            when += f"; 'None of these' from {h['none_fit']:.0%} of customers not offered theirs"
         print(f"| out-of-scope recall, 10 held-out intents ({when}) | {h['oos_recall']:.2%} |")
         print(f"| out-of-scope precision ({when}) | {h['oos_precision']:.2%} |")
         print(
