@@ -56,7 +56,8 @@ nothing and are only counted).
 With --none-fit P (with self or feedback), each clarifying question of the night's traffic
 whose choices (the model's top 3 intents) miss the message's intent gets "None of these" with
 probability P, and the product learns the message as out of scope with the bot's own declines;
-the customers of the others choose the right intent.
+the customers of the others choose the right intent, but for --none-fit-offered Q of them,
+who choose "None of these" by mistake.
 --skip-coverage leaves (1) out (and the all-77 model's accuracy with it); --keep-models DIR keeps
 the models trained (benchmarks/policy_refit_banking77.py refits their policies);
 --zero-shot-model DIR measures a kept night-0 model of the same seed instead of training it.
@@ -337,6 +338,7 @@ def nightly_runs(
     known_traffic: list | None = None,
     said_no: float = 0.5,
     none_fit: float = 0.0,
+    none_fit_offered: float = 0.0,
 ):
     """The loop as a company runs it: the zero-shot model, then each night `per_night` more of
     each held-out intent's rows reviewed out of scope, drawn from those the last model
@@ -359,7 +361,8 @@ def nightly_runs(
     intents' messages it answered that the customer said did not help (each wrong answer with
     probability `said_no`), which an admin reviewing those marks out of scope. With `none_fit`,
     the customers of that share of the clarifying questions whose choices miss their intent
-    choose "None of these", and the bot learns their messages as it learns its declines."""
+    choose "None of these", and the bot learns their messages as it learns its declines; so do
+    `none_fit_offered` of the customers offered their own intent (by mistake)."""
     held_out = held_out_intents(examples, seed)
     pick = random.Random(seed + 1)
     reviewed: list = []
@@ -409,9 +412,13 @@ def nightly_runs(
                     e
                     for e, d in zip(traffic, decisions, strict=True)
                     if d.decision == CLARIFY
-                    and e.label not in {intent for intent, _ in d.prediction.top_k[:3]}
                     and e.text not in taken
-                    and random.Random(f"{seed}:none:{e.text}").random() < none_fit
+                    and random.Random(f"{seed}:none:{e.text}").random()
+                    < (
+                        none_fit
+                        if e.label not in {intent for intent, _ in d.prediction.top_k[:3]}
+                        else none_fit_offered
+                    )
                 ]
                 pool += none
             shown = {
@@ -489,6 +496,7 @@ def nightly_runs(
         run["shown_to_the_admin"] = shown
         if review_from in SELF_MARKING:
             run["none_fit"] = none_fit
+            run["none_fit_offered"] = none_fit_offered
             run["said_no"] = said_no if review_from == "feedback" else None
         if arrived is not None:
             run["held_out_rows_arrived"] = len(arrived)
@@ -533,6 +541,13 @@ def main() -> None:
         default=0.0,
         help="with --review-from self or feedback: how often a customer chooses 'None of "
         "these' under a clarifying question whose choices miss their intent (default 0)",
+    )
+    parser.add_argument(
+        "--none-fit-offered",
+        type=float,
+        default=0.0,
+        help="with --none-fit: how often a customer offered their own intent still chooses "
+        "'None of these' (a mistake the bot then learns from; default 0)",
     )
     parser.add_argument(
         "--said-no",
@@ -625,6 +640,7 @@ def main() -> None:
                 known_traffic,
                 args.said_no,
                 args.none_fit,
+                args.none_fit_offered,
             )
             if args.nights
             else (
@@ -693,6 +709,8 @@ def print_holdout(runs: list[dict]) -> None:
             when = f"{each}reviewed{source}, {n} in all" if n else "none reviewed"
         if h.get("none_fit"):
             when += f"; 'None of these' from {h['none_fit']:.0%} of customers not offered theirs"
+            if h.get("none_fit_offered"):
+                when += f" and {h['none_fit_offered']:.0%} of those offered it"
         print(f"| out-of-scope recall, 10 held-out intents ({when}) | {h['oos_recall']:.2%} |")
         print(f"| out-of-scope precision ({when}) | {h['oos_precision']:.2%} |")
         print(
