@@ -167,10 +167,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def feedback(self, frame: protocol.Feedback) -> None:
         """The customer says whether one of the bot's answers helped. When it did not, and the
         bot still has the conversation, the widget offers what to do next (not stored)."""
-        status = self.conversation.pk and await db_async(services.reply_feedback_store)(
+        rated = self.conversation.pk and await db_async(services.reply_feedback_store)(
             conversation_id=self.conversation.pk, reply_id=frame.reply_id, helpful=frame.helpful
         )
-        if not status:
+        if not rated:
             error = protocol.ProtocolError(
                 "unknown_reply", "This conversation has no answer of the bot with that id."
             )
@@ -181,10 +181,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
             "message": str(frame.reply_id),
             "helpful": frame.helpful,
         }
-        if not frame.helpful and status == Conversation.Status.BOT:
+        if not frame.helpful and rated.status == Conversation.Status.BOT:
             text, suggestions = await asyncio.to_thread(self.agent.not_helpful)
             said |= {"text": text, "suggestions": list(suggestions)}
         await self.send_json(said)
+        await services.feedback_publish(
+            public_id=self.conversation.public_id,
+            reply_id=frame.reply_id,
+            rated=rated,
+            helpful=frame.helpful,
+        )
 
     async def customer_typing(self) -> None:
         """The customer is writing: the conversation's open admin pages show it (nothing is

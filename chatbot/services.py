@@ -86,15 +86,22 @@ def conversation_rate(*, conversation_id: int, score: int) -> None:
 NOT_HELPFUL_REVIEW_PRIORITY = 2.0
 
 
+class Rated(NamedTuple):
+    """A bot reply the customer said something of: its text, and its conversation's status."""
+
+    text: str
+    status: str
+
+
 def reply_feedback_store(
     *,
     conversation_id: int,
     reply_id: int,
     helpful: bool,
     decision: str = Message.Decision.ANSWER,
-) -> str | None:
+) -> Rated | None:
     """Store what the customer said of one of the bot's answers in their conversation (they may
-    change their mind); the conversation's status, or None when it holds no such answer.
+    change their mind); None when it holds no such answer.
 
     An answer that did not help moves the message it answered up the review queue, and counts
     as a failure toward the hand-off (`selectors.turn_contexts`). With `decision` clarify: the
@@ -109,7 +116,7 @@ def reply_feedback_store(
                 role=Message.Role.BOT,
                 decision=decision,
             )
-            .values("helpful", "in_reply_to_id", "conversation__status")
+            .values("helpful", "in_reply_to_id", "text", "conversation__status")
             .first()
         )
         if reply is None:
@@ -121,7 +128,7 @@ def reply_feedback_store(
                 Message.objects.filter(
                     pk=reply["in_reply_to_id"], review_priority__isnull=False
                 ).update(review_priority=F("review_priority") + shift)
-    return reply["conversation__status"]
+    return Rated(reply["text"], reply["conversation__status"])
 
 
 def choices_declined(*, question_id: int, pressed: Message) -> None:
@@ -675,6 +682,27 @@ async def staff_turn_publish(
             "url": reverse("admin:chatbot_conversation_change", args=[public_id]),
         }
         await layer.group_send(STAFF_INBOX_GROUP, {"type": "staff.frames", "frames": [notice]})
+
+
+async def feedback_publish(*, public_id, reply_id: int, rated: Rated, helpful: bool) -> None:
+    """Show on the team's open pages of a conversation what the customer said of one of the
+    bot's answers. A failure is logged, never raised: it is stored, and the page shows it when
+    reloaded."""
+    from channels.layers import get_channel_layer
+
+    frame = {
+        "type": "feedback",
+        "conversation": str(public_id),
+        "message": str(reply_id),
+        "helpful": helpful,
+        "text": rated.text[:WAITING_PREVIEW_CHARS],
+    }
+    try:
+        await get_channel_layer().group_send(
+            staff_conversation_group(public_id), {"type": "staff.frames", "frames": [frame]}
+        )
+    except Exception:
+        logger.exception("Could not show the customer's feedback in conversation %s", public_id)
 
 
 async def typing_publish(*, public_id, role: str, sender: str, name: str = "") -> None:

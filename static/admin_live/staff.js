@@ -95,6 +95,17 @@
         showTyping();
         return;
       }
+      if (frame.type === "feedback") {
+        // The customer said whether one of the bot's answers helped (the widget's buttons).
+        const said = document.createElement("li");
+        said.dataset.role = "feedback";
+        said.textContent =
+          "The customer said the bot's answer " +
+          (frame.helpful ? "helped" : "did not help") +
+          ": “" + frame.text + "”";
+        list.append(said);
+        return;
+      }
       if (frame.type !== "message" || shown.has(frame.id)) return;
       shown.add(frame.id);
       // What they were writing has arrived.

@@ -455,19 +455,29 @@ def test_a_message_the_bot_could_not_answer_is_answered_when_retried(
 
 
 def test_a_customer_says_an_answer_did_not_help_and_takes_the_person_offered(
-    page: Page, daphne_server: LiveServer
+    browser: Browser, page: Page, daphne_server: LiveServer
 ) -> None:
     # given: an answer, under which (and only there, not under the greeting) the customer can
-    # say whether it helped
+    # say whether it helped; a support admin has the conversation's page open
     open_widget(page, daphne_server)
     reply = first_reply(page, "How long does standard delivery take?")
     assert reply.decision == "answer"
     feedback = page.get_by_test_id("chat-feedback")
     expect(feedback).to_have_count(1)
     not_helpful = feedback.get_by_role("button", name="Not helpful", exact=True)
+    with support_admin(browser, daphne_server) as admin:
+        admin.goto(
+            f"{daphne_server.url}/admin/chatbot/conversation/{reply.conversation.public_id}/change/"
+        )
+        expect_live(admin, "#live-conversation")
 
-    # when
-    not_helpful.click()
+        # when
+        not_helpful.click()
+
+        # then: the admin sees it live
+        expect(admin.locator("[data-live-messages] li")).to_have_text(
+            f"The customer said the bot's answer did not help: “{reply.text[:200]}”"
+        )
 
     # then: stored, shown as chosen, and a person offered
     expect(not_helpful).to_have_attribute("aria-pressed", "true")

@@ -13,6 +13,7 @@ from chatbot.models import Conversation, Message, ModelVersion
 from chatbot.services import reply_feedback_store
 from tests.chatbot.conftest import assert_did_not_help, turn
 from tests.chatbot.test_consumer import open_chat, send_message
+from tests.chatbot.test_staff_live import listening
 
 pytestmark = pytest.mark.usefixtures("knowledge_base")
 
@@ -155,10 +156,10 @@ def test_the_review_queue_puts_answers_that_did_not_help_first(admin_client) -> 
     wrong = turn(conversation, "where is my parcel", priority=0.1)
     right = turn(conversation, "how much is delivery", priority=0.1)
     for message, helpful in ((wrong, False), (right, True)):
-        status = reply_feedback_store(
+        rated = reply_feedback_store(
             conversation_id=conversation.pk, reply_id=message.reply.pk, helpful=helpful
         )
-        assert status == "bot"
+        assert rated == ("...", "bot")
 
     # when
     queue = admin_client.get("/admin/chatbot/reviewitem/?review=todo").content.decode()
@@ -197,3 +198,25 @@ def test_each_model_version_shows_what_customers_said_of_its_answers(admin_clien
 
     assert "1 of 3 (33%)" in row(older)
     assert 'class="field-said_not_helpful">-<' in row(newer)
+
+
+async def test_the_team_sees_live_what_the_customer_said_of_an_answer(admin_client) -> None:
+    # given: an admin with the conversation's page open, and an answer in it
+    communicator, history = await open_chat()
+    answer = await send_message(communicator, "How much does delivery cost?", "t-1")
+    page = await listening(admin_client, f"?conversation={history['conversation']}")
+
+    # when
+    await say(communicator, answer["id"], False)
+
+    # then: the page hears which answer did not help
+    heard = await page.receive_json_from(timeout=10)
+    assert heard == {
+        "type": "feedback",
+        "conversation": history["conversation"],
+        "message": answer["id"],
+        "helpful": False,
+        "text": answer["text"][:200],
+    }
+    await page.disconnect()
+    await communicator.disconnect()
