@@ -929,7 +929,8 @@ class ModelVersionAdmin(ExtraViews, admin.ModelAdmin):
 
     @admin.display(description="Customers said: did not help", ordering="_not_helpful")
     def said_not_helpful(self, obj: ModelVersion) -> str:
-        """Of its answers the customers said something of, those they said did not help."""
+        """Of its replies the customers said something of (an answer's buttons, "None of
+        these" under a question), those that did not help."""
         if not obj._rated:
             return "-"
         return f"{obj._not_helpful} of {obj._rated} ({obj._not_helpful / obj._rated:.0%})"
