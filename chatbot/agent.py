@@ -285,12 +285,10 @@ class Agent:
             reply_text, suggestions = CLARIFY_TEXT, (*labels, NONE_OF_THESE_LABEL)
         else:
             choices = talk_to_person
-            suggestions = tuple(label for _, label in choices)
-            reply_text = (
-                _another_way(NONE_FIT_TEXT, person=bool(choices))[0]
-                if none_fit
-                else OUT_OF_SCOPE_TEXT
-            )
+            if none_fit:
+                reply_text, suggestions = _another_way(NONE_FIT_TEXT, person=bool(choices))
+            else:
+                reply_text, suggestions = OUT_OF_SCOPE_TEXT, tuple(label for _, label in choices)
         return AgentReply(
             text=reply_text,
             decision=decision,

@@ -207,14 +207,14 @@ def _turn_context(status: str, earlier: list[Earlier]) -> TurnContext:
         if not reply.failed:
             break
         failures += 1
-    if earlier and (earlier[0].role, earlier[0].decision) == (
+    question = earlier[0] if earlier else None
+    if question is None or (question.role, question.decision) != (
         Message.Role.BOT,
         Message.Decision.CLARIFY,
     ):
-        question = earlier[0]
-        offered = {a["label"].lower(): a["intent"] for a in question.top_k if a.get("label")}
-        return TurnContext(status, failures, offered, question.pk)
-    return TurnContext(status=status, failures_in_a_row=failures)
+        return TurnContext(status=status, failures_in_a_row=failures)
+    offered = {a["label"].lower(): a["intent"] for a in question.top_k if a.get("label")}
+    return TurnContext(status, failures, offered, question.pk)
 
 
 @dataclass(frozen=True)
