@@ -146,8 +146,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # Pings and "typing" are not messages: the throttle, not the rate, bounds what they cost.
         unlimited = isinstance(frame, protocol.Ping | protocol.Typing)
         if not unlimited and (wait_s := self.rate.take()):
-            # Nothing stored: the widget offers to send it again.
-            await self.send_rate_limited(wait_s, getattr(frame, "client_id", ""))
+            # Nothing stored: the widget offers to send it again (or un-presses a feedback).
+            await self.send_rate_limited(
+                wait_s,
+                getattr(frame, "client_id", ""),
+                reply_id=frame.reply_id if isinstance(frame, protocol.Feedback) else None,
+            )
             return
         match frame:
             case protocol.CustomerText():
@@ -174,7 +178,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             error = protocol.ProtocolError(
                 "unknown_reply", "This conversation has no answer of the bot with that id."
             )
-            await self.send_json(error.frame())
+            # The id it was about, so that the widget can undo the press it showed at once.
+            await self.send_json(error.frame() | {"message": str(frame.reply_id)})
             return
         said: dict[str, Any] = {
             "type": "feedback",
@@ -286,14 +291,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await db_async(services.conversation_start)(self.conversation)
         return self.conversation.pk
 
-    async def send_rate_limited(self, wait_s: float, client_id: str) -> None:
+    async def send_rate_limited(
+        self, wait_s: float, client_id: str, *, reply_id: int | None = None
+    ) -> None:
+        """`reply_id`: the answer a refused feedback was about (the frame's `message`)."""
         limited = protocol.ProtocolError(
             "rate_limited",
             "You're sending messages faster than we can read them; "
             f"please wait {math.ceil(wait_s)} s and send it again.",
             in_reply_to=client_id,
-        ).frame()
-        await self.send_json(limited | {"retry_after_s": round(wait_s, 1)})
+        ).frame() | {"retry_after_s": round(wait_s, 1)}
+        if reply_id is not None:
+            limited["message"] = str(reply_id)
+        await self.send_json(limited)
 
     async def send_error(
         self,

@@ -522,6 +522,8 @@
       suggestions: Array.isArray(msg.suggestions) ? msg.suggestions : [],
       status: "",
       feedback: null, // the "Did this answer help?" buttons, under a bot's answer
+      helpful: null, // what they show
+      helpfulSaved: null, // what the server stored
     };
     if (role === "customer") {
       if (record.clientId) bubble.setAttribute("data-client-id", record.clientId);
@@ -532,7 +534,7 @@
     if (role === "bot" && msg.decision === "answer" && record.serverId) {
       record.feedback = feedbackButtons(record);
       row.appendChild(record.feedback);
-      setHelpful(record, msg.helpful);
+      setHelpful(record, msg.helpful, true);
     }
 
     ui.messages.insertBefore(row, ui.typing);
@@ -563,6 +565,7 @@
       );
       button.addEventListener("click", () => {
         if (record.helpful === helpful) return;
+        // Shown pressed at once; the server's "feedback" frame confirms it, an error undoes it.
         if (transmit({ type: "feedback", message: record.serverId, helpful })) setHelpful(record, helpful);
       });
       group.appendChild(button);
@@ -570,8 +573,11 @@
     return group;
   }
 
-  function setHelpful(record, helpful) {
+  /** `saved`: the server stored it (the history, or its "feedback" frame), so that an error
+   * about a later press goes back to it. */
+  function setHelpful(record, helpful, saved = false) {
     record.helpful = helpful === true || helpful === false ? helpful : null;
+    if (saved) record.helpfulSaved = record.helpful;
     if (!record.feedback) return;
     record.feedback.querySelectorAll("button").forEach((button) => {
       button.setAttribute("aria-pressed", String(button.dataset.helpful === String(record.helpful)));
@@ -966,6 +972,12 @@
       return;
     }
     addNote(String(frame.detail || frame.code || TEXT.error));
+    if (frame.message !== undefined) {
+      // A feedback the server did not store (refused, or an answer no longer there).
+      const rated = state.byServerId.get(String(frame.message));
+      if (rated) setHelpful(rated, rated.helpfulSaved, true);
+      return;
+    }
     const clientId = frame.in_reply_to ? String(frame.in_reply_to) : "";
     if (!clientId) return;
     stopWaiting(clientId);
@@ -990,7 +1002,7 @@
    * conversation, it says what the customer can do next (with a quick reply to a person). */
   function onFeedback(frame) {
     const record = state.byServerId.get(String(frame.message));
-    if (record) setHelpful(record, frame.helpful);
+    if (record) setHelpful(record, frame.helpful, true);
     if (typeof frame.text !== "string" || !frame.text) return;
     keepScrolled(false, () => {
       removeQuickReplies();

@@ -506,3 +506,32 @@ def test_a_customer_says_an_answer_did_not_help_and_takes_the_person_offered(
     expect(
         page.get_by_test_id("chat-feedback").get_by_role("button", name="Not helpful", exact=True)
     ).to_have_attribute("aria-pressed", "true")
+
+
+def test_a_feedback_the_server_refuses_is_undone_in_the_widget(
+    page: Page, daphne_server: LiveServer
+) -> None:
+    # given: the customer said an answer helped, and an admin then deleted that answer
+    open_widget(page, daphne_server)
+    reply = first_reply(page, "How long does standard delivery take?")
+    feedback = page.get_by_test_id("chat-feedback")
+    helpful = feedback.get_by_role("button", name="Helpful", exact=True)
+    not_helpful = feedback.get_by_role("button", name="Not helpful", exact=True)
+    helpful.click()
+    deadline = time.monotonic() + 10
+    while Message.objects.get(pk=reply.pk).helpful is not True:
+        assert time.monotonic() < deadline, "the customer's yes was never stored"
+        time.sleep(0.05)
+    Message.objects.filter(pk=reply.pk).delete()
+    offered = page.get_by_test_id("chat-quick-reply").all_inner_texts()
+
+    # when: the customer changes their mind
+    not_helpful.click()
+
+    # then: told why, and the buttons show again what was stored before
+    expect(bubbles(page, "system").last).to_have_text(
+        "This conversation has no answer of the bot with that id.", timeout=REPLY_TIMEOUT_MS
+    )
+    expect(not_helpful).to_have_attribute("aria-pressed", "false")
+    expect(helpful).to_have_attribute("aria-pressed", "true")
+    expect(page.get_by_test_id("chat-quick-reply")).to_have_text(offered)  # no person offered

@@ -127,6 +127,8 @@ async def test_feedback_on_what_is_no_answer_of_this_conversation_gets_an_error(
         error = await communicator.receive_json_from(timeout=10)
         assert (error["type"], error["code"]) == ("error", code), frame
         assert error["detail"]
+        # an id the widget can take its press back for
+        assert error.get("message") == (str(frame["message"]) if code == "unknown_reply" else None)
 
     # then: nothing changed, and the chat goes on
     assert not await Message.objects.filter(helpful__isnull=False).aexists()
@@ -135,6 +137,26 @@ async def test_feedback_on_what_is_no_answer_of_this_conversation_gets_an_error(
     assert (await say(communicator, choice["id"], True))["helpful"] is True
     await communicator.disconnect()
     await other.disconnect()
+
+
+async def test_a_feedback_over_the_rate_is_refused_with_its_answer_id(settings) -> None:
+    # given: a connection allowed 2 frames at once, then one every 100 s, that used 1
+    settings.CHATBOT_RATE_LIMIT_BURST = 2
+    settings.CHATBOT_RATE_LIMIT_PER_MINUTE = 0.6
+    communicator, _ = await open_chat()
+    answer = await send_message(communicator, "How much does delivery cost?", "r-1")
+
+    # when: the customer presses yes, then no at once
+    said = await say(communicator, answer["id"], True)
+    refused = await say(communicator, answer["id"], False)
+
+    # then: the yes is stored; the no is refused, naming the answer so the widget can undo it
+    assert said["helpful"] is True
+    assert (refused["type"], refused["code"]) == ("error", "rate_limited")
+    assert refused["message"] == answer["id"]
+    assert "in_reply_to" not in refused
+    assert (await Message.objects.aget(pk=answer["id"])).helpful is True
+    await communicator.disconnect()
 
 
 async def test_a_new_visitor_has_no_answer_to_rate() -> None:
