@@ -14,7 +14,10 @@ template of a known intent, or a clarifying question), and the in-scope accuracy
 (1), which knows all 77 intents, on the same messages; and the share of each kind of message
 that falls in the policy's borderline, not declined, which the optional second opinion
 (chatbot.second_opinion, an OpenAI-compatible chat model) would read: what it could catch at
-most, and how many in-scope messages it would be shown.
+most, and how many in-scope messages it would be shown. Each run also records, for each
+held-out intent, its recall and what its messages got instead, beside the known intent nearest
+to it before any training (benchmarks/oos_per_intent.py pools them), and prints them for the
+first run and the last.
 (3) With --reviewed-oos K (a list; 0 is (2)): the same, after a support admin marked K messages
 of each held-out intent out of scope (K of its rows in train.csv, never its test messages),
 which training reads as the product's learning loop gives them.
@@ -67,12 +70,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import random
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +139,35 @@ def in_scope_split(examples, held_out: set[str]) -> tuple[list, list]:
     known = [e for e in examples if e.label not in held_out]
     config = TrainConfig()
     return stratified_split(known, val_fraction=config.val_fraction, seed=config.seed)
+
+
+@functools.cache
+def _centroids(texts_and_labels: tuple[tuple[str, str], ...]) -> dict[str, np.ndarray]:
+    from retrieval.encoder import SentenceEncoder
+    from training.train import default_base_model
+
+    encoder = SentenceEncoder.from_pretrained(default_base_model())
+    vectors = encoder.encode([text for text, _ in texts_and_labels])
+    labels = np.array([label for _, label in texts_and_labels])
+    centroids = {}
+    for label in sorted(set(labels)):
+        centroid = vectors[labels == label].mean(axis=0)
+        centroids[label] = centroid / np.linalg.norm(centroid)
+    return centroids
+
+
+def nearest_known_intents(examples, held_out: set[str]) -> dict[str, tuple[str, float]]:
+    """For each held-out intent, the known intent whose train.csv rows' centroid is nearest to
+    its own in the packaged encoder's space (before any fine-tuning), and their cosine: how
+    close a twin the model knows."""
+    centroids = _centroids(tuple((e.text, e.label) for e in examples))
+    known = [label for label in centroids if label not in held_out]
+    nearest = {}
+    for label in sorted(held_out):
+        cosines = {k: float(centroids[label] @ centroids[k]) for k in known}
+        twin = max(cosines, key=cosines.get)
+        nearest[label] = (twin, round(cosines[twin], 4))
+    return nearest
 
 
 def reviewed_rows(rows, held_out: set[str], k: int, pick: random.Random) -> list:
@@ -202,6 +236,27 @@ def holdout_run(
     )
     accuracy_without = float((pred == gold)[in_scope].mean())
     accuracy_with = float(((pred == gold) & ~declined)[in_scope].mean())
+    known = sorted({e.label for e in examples} - held_out)
+    per_intent = []
+    for label, (twin, cosine) in nearest_known_intents(examples, held_out).items():
+        mine = gold == label
+        taken = Counter(pred[mine & ~declined]).most_common(1)
+        per_intent.append(
+            {
+                "intent": label,
+                "test_messages": int(mine.sum()),
+                "recall": float(declined[mine].mean()),
+                "shares": decision_shares(decided[mine].tolist()),
+                # the known intent its messages not declined were most often taken for
+                "taken_as": taken[0][0] if taken else None,
+                "taken_as_share": taken[0][1] / int(mine.sum()) if taken else 0.0,
+                # the known intent nearest to it before any training: the cosine of their
+                # train.csv rows' centroids in the packaged encoder's space
+                "nearest_known": twin,
+                "nearest_known_cosine": cosine,
+            }
+        )
+    assert all(p["taken_as"] in known for p in per_intent if p["taken_as"])
     return {
         "reviewed_out_of_scope_per_intent": reviewed,
         "reviewed_out_of_scope": len(out_of_scope),
@@ -219,6 +274,7 @@ def holdout_run(
         if all_intents_pred is None
         else float((all_intents_pred == gold)[in_scope].mean()),
         "oos_shares": decision_shares(decided[is_oos].tolist()),
+        "per_held_out_intent": per_intent,
         "second_opinion_asked_in_scope": float(asked[in_scope].mean()),
         "second_opinion_asked_oos": float(asked[is_oos].mean()),
         "policy": classifier.thresholds["policy"],
@@ -665,6 +721,7 @@ def main() -> None:
     if not args.skip_coverage:
         print_coverage(results["coverage"])
     print_holdout(results["holdout"])
+    print_per_intent(results["holdout"])
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
@@ -736,6 +793,27 @@ def print_holdout(runs: list[dict]) -> None:
         if h.get("seconds") is not None:
             how = "its policy refitted" if h.get("refitted_from") else "trained"
             print(f"| model {how} in ({when}) | {h['seconds']:.0f} s |")
+
+
+def print_per_intent(runs: list[dict]) -> None:
+    """Each held-out intent's recall in the first run and the last (zero-shot and the last
+    night, in a loop), beside the known intent nearest to it."""
+    first, last = runs[0], runs[-1]
+    if "per_held_out_intent" not in first:
+        return
+    after = {p["intent"]: p for p in last["per_held_out_intent"]}
+    print()
+    print(
+        "| held-out intent | nearest known intent (cosine before training) | recall, first run | "
+        "taken for, first run | recall, last run |"
+    )
+    print("|---|---|---|---|---|")
+    for p in sorted(first["per_held_out_intent"], key=lambda p: -p["nearest_known_cosine"]):
+        taken = f"{p['taken_as']} ({p['taken_as_share']:.0%})" if p["taken_as"] else ""
+        print(
+            f"| {p['intent']} | {p['nearest_known']} ({p['nearest_known_cosine']:.3f}) | "
+            f"{p['recall']:.0%} | {taken} | {after[p['intent']]['recall']:.0%} |"
+        )
 
 
 if __name__ == "__main__":
