@@ -63,7 +63,9 @@ the customers of the others choose the right intent, but for --none-fit-offered 
 who choose "None of these" by mistake.
 --skip-coverage leaves (1) out (and the all-77 model's accuracy with it); --keep-models DIR keeps
 the models trained (benchmarks/policy_refit_banking77.py refits their policies);
---zero-shot-model DIR measures a kept night-0 model of the same seed instead of training it.
+--zero-shot-model DIR measures a kept night-0 model of the same seed instead of training it;
+--held-out-far C holds out only intents whose nearest intent still known lies below cosine C
+(train.csv centroids in the packaged encoder's space): new topics rather than relatives.
 """
 
 from __future__ import annotations
@@ -130,8 +132,25 @@ def coverage_run(train, val, test, workdir: Path) -> tuple[dict, np.ndarray]:
     }, pred
 
 
+# --held-out-far C: hold out only intents whose nearest known intent lies below cosine C
+HELD_OUT_FAR: float | None = None
+
+
 def held_out_intents(examples, seed: int) -> set[str]:
-    return set(random.Random(seed).sample(sorted({e.label for e in examples}), HELD_OUT))
+    labels = sorted({e.label for e in examples})
+    if HELD_OUT_FAR is None:
+        return set(random.Random(seed).sample(labels, HELD_OUT))
+    # In the seed's order, each intent whose nearest intent still known lies below the cosine
+    # (holding out more only moves an intent's nearest known one further away).
+    centroids = _centroids(tuple((e.text, e.label) for e in examples))
+    chosen: list[str] = []
+    for label in random.Random(seed).sample(labels, len(labels)):
+        known = [k for k in labels if k != label and k not in chosen]
+        if max(float(centroids[label] @ centroids[k]) for k in known) < HELD_OUT_FAR:
+            chosen.append(label)
+        if len(chosen) == HELD_OUT:
+            return set(chosen)
+    raise SystemExit(f"fewer than {HELD_OUT} intents lie that far from the others")
 
 
 def in_scope_split(examples, held_out: set[str]) -> tuple[list, list]:
@@ -640,12 +659,20 @@ def main() -> None:
     )
     parser.add_argument("--skip-coverage", action="store_true")
     parser.add_argument(
+        "--held-out-far",
+        type=float,
+        help="hold out only intents whose nearest known intent (train.csv centroids in the "
+        "packaged encoder's space) lies below this cosine: new topics rather than relatives",
+    )
+    parser.add_argument(
         "--keep-models",
         type=Path,
         help="train into this (new or empty) directory and keep the models, for "
         "benchmarks/policy_refit_banking77.py (default: a temporary directory)",
     )
     args = parser.parse_args()
+    global HELD_OUT_FAR
+    HELD_OUT_FAR = args.held_out_far
     examples = load_csv(args.data / "train.csv", label_col="category")
     test = load_csv(args.data / "test.csv", label_col="category")
     config = TrainConfig()
