@@ -88,14 +88,12 @@ def main() -> None:
                     "contrast_scale": float((vs - vo)[fit].std()),
                 }
                 zero = Policy(answer=0.0, **standard)
-                w = dict(
-                    zip(("confidence", "similarity", "contrast"), REVIEWED_WEIGHTS, strict=True)
-                )
+                confidence_weight, similarity_weight, contrast_weight = REVIEWED_WEIGHTS
                 shipped = Policy(
                     answer=0.0,
-                    confidence_weight=w["confidence"],
-                    similarity_weight=w["similarity"],
-                    contrast_weight=w["contrast"],
+                    confidence_weight=confidence_weight,
+                    similarity_weight=similarity_weight,
+                    contrast_weight=contrast_weight,
                     **standard,
                 )
                 z_val, s_val = zero.in_scope_score(vc, vs, vo), shipped.in_scope_score(vc, vs, vo)

@@ -454,6 +454,14 @@ def test_a_message_the_bot_could_not_answer_is_answered_when_retried(
     assert Message.objects.filter(role="customer").count() == 1
 
 
+def wait_until_rated(pk: int, helpful: bool, timeout_s: float = 10) -> None:
+    """Until the widget's press is stored on the bot message."""
+    deadline = time.monotonic() + timeout_s
+    while Message.objects.get(pk=pk).helpful is not helpful:
+        assert time.monotonic() < deadline, f"the customer's {helpful} was never stored"
+        time.sleep(0.05)
+
+
 def test_a_customer_says_an_answer_did_not_help_and_takes_the_person_offered(
     browser: Browser, page: Page, daphne_server: LiveServer
 ) -> None:
@@ -486,10 +494,7 @@ def test_a_customer_says_an_answer_did_not_help_and_takes_the_person_offered(
     )
     quick = page.get_by_test_id("chat-quick-reply")
     expect(quick).to_have_text([TALK_TO_PERSON_LABEL], timeout=REPLY_TIMEOUT_MS)
-    deadline = time.monotonic() + 10
-    while Message.objects.get(pk=reply.pk).helpful is not False:
-        assert time.monotonic() < deadline, "the customer's no was never stored"
-        time.sleep(0.05)
+    wait_until_rated(reply.pk, False)
 
     # when: the customer takes the offer
     quick.click()
@@ -518,10 +523,7 @@ def test_a_feedback_the_server_refuses_is_undone_in_the_widget(
     helpful = feedback.get_by_role("button", name="Helpful", exact=True)
     not_helpful = feedback.get_by_role("button", name="Not helpful", exact=True)
     helpful.click()
-    deadline = time.monotonic() + 10
-    while Message.objects.get(pk=reply.pk).helpful is not True:
-        assert time.monotonic() < deadline, "the customer's yes was never stored"
-        time.sleep(0.05)
+    wait_until_rated(reply.pk, True)
     Message.objects.filter(pk=reply.pk).delete()
     offered = page.get_by_test_id("chat-quick-reply").all_inner_texts()
 
